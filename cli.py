@@ -1,0 +1,3 @@
+from diffclf.main import main
+
+main()
