@@ -1,0 +1,127 @@
+"""DiT's training objective in plain torch: eps-MSE, plus the VLB term that learns the variance.
+
+The math follows facebookresearch/DiT ``diffusion/gaussian_diffusion.py`` with
+``create_diffusion(learn_sigma=True)`` defaults: ``LossType.MSE`` (not ``RESCALED_MSE``),
+``ModelMeanType.EPSILON`` and ``ModelVarType.LEARNED_RANGE``. With ``LossType.MSE`` the VLB term
+is added as it is, in bits per dimension, without the ``num_timesteps / 1000`` rescaling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffclf.diffusion.schedule import NoiseSchedule
+
+
+def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
+    """Elementwise ``KL(N(mean1, e^logvar1) || N(mean2, e^logvar2))`` in nats (broadcasts)."""
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2)
+    )
+
+
+def approx_standard_normal_cdf(x: Tensor) -> Tensor:
+    """The tanh approximation of the standard normal CDF that ADM/DiT use (kept for exact parity)."""
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))))
+
+
+def discretized_gaussian_log_likelihood(x: Tensor, means: Tensor, log_scales: Tensor) -> Tensor:
+    """Elementwise log-probability (nats) of ``x`` (8-bit data scaled to [-1, 1]) under a Gaussian
+    discretised into 256 bins, with open-ended edge bins; ``log_scales`` is the log std."""
+    if not x.shape == means.shape == log_scales.shape:
+        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, "
+                         f"log_scales {tuple(log_scales.shape)}")
+    centered = x - means
+    inv_stdv = torch.exp(-log_scales)
+    cdf_plus = approx_standard_normal_cdf(inv_stdv * (centered + 1.0 / 255.0))
+    cdf_min = approx_standard_normal_cdf(inv_stdv * (centered - 1.0 / 255.0))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_cdf_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(
+        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_cdf_delta)
+    )
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over every dimension but the batch one."""
+    return x.mean(dim=tuple(range(1, x.dim())))
+
+
+def learned_range_log_variance(v: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    """DiT's ``LEARNED_RANGE`` log-variance: ``v`` in [-1, 1] interpolates, in log space, between the
+    clipped posterior variance (``v = -1``) and ``beta_t`` (``v = +1``)."""
+    min_log = schedule.extract(schedule.posterior_log_variance_clipped, t, v)
+    max_log = schedule.extract(torch.log(schedule.betas), t, v)
+    frac = (v + 1) / 2
+    return frac * max_log + (1 - frac) * min_log
+
+
+def vb_terms_bits(
+    eps: Tensor, v: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule
+) -> Tensor:
+    """Per-example VLB term in bits per dimension, shape ``(N,)``: ``KL(q(x_{t-1}|x_t,x_0) || p)`` for
+    ``t > 0`` and the discretised decoder NLL for ``t == 0`` (DiT's ``_vb_terms_bpd``, unclipped)."""
+    true_mean, _, true_log_var = schedule.q_posterior(x0, x_t, t)
+    pred_x0 = schedule.predict_x0_from_eps(x_t, t, eps)
+    model_mean, _, _ = schedule.q_posterior(pred_x0, x_t, t)
+    model_log_var = learned_range_log_variance(v, t, schedule)
+    kl = mean_flat(normal_kl(true_mean, true_log_var, model_mean, model_log_var)) / math.log(2.0)
+    nll = -discretized_gaussian_log_likelihood(x0, means=model_mean, log_scales=0.5 * model_log_var)
+    nll = mean_flat(nll) / math.log(2.0)
+    return torch.where(t.to(kl.device) == 0, nll, kl)
+
+
+def diffusion_loss(
+    model_output: Tensor,
+    x0: Tensor,
+    x_t: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    schedule: NoiseSchedule,
+    learn_sigma: bool,
+) -> dict[str, Tensor]:
+    """DiT's training loss for one batch of ``x_t = q_sample(x0, t, noise)``.
+
+    Returns ``loss`` (scalar batch mean of ``mse + vb``, what to backpropagate), ``mse`` (shape
+    ``(N,)``, the per-example eps error averaged over C, H, W) and ``vb`` (scalar batch mean of the
+    VLB term in bits per dimension; zero without ``learn_sigma``). With ``learn_sigma`` the output
+    has ``2C`` channels ``[eps, v]``; the VLB sees a detached ``eps`` so it trains only the
+    variance channels and the eps channels are trained by the MSE alone (DiT's ``frozen_out``).
+    Computed in at least float32 so that bf16 autocast outputs do not degrade the loss.
+    """
+    channels = x0.shape[1]
+    want = 2 * channels if learn_sigma else channels
+    if model_output.shape[0] != x0.shape[0] or model_output.shape[1] != want:
+        raise ValueError(
+            f"model output has shape {tuple(model_output.shape)} but learn_sigma={learn_sigma} with "
+            f"{channels}-channel inputs needs {want} channels and batch {x0.shape[0]}"
+        )
+    dtype = torch.promote_types(x0.dtype, torch.float32)
+    out, x0, x_t, noise = (a.to(dtype) for a in (model_output, x0, x_t, noise))
+    eps = out[:, :channels]
+    mse = mean_flat((noise - eps) ** 2)
+    if learn_sigma:
+        vb = vb_terms_bits(eps.detach(), out[:, channels:], x0, x_t, t, schedule).mean()
+    else:
+        vb = torch.zeros((), dtype=dtype, device=mse.device)
+    return {"loss": mse.mean() + vb, "mse": mse, "vb": vb}
+
+
+def sample_timesteps(
+    batch: int,
+    num_timesteps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Training timesteps, uniform integers in ``[0, num_timesteps)`` (DiT's ``torch.randint``).
+
+    Drawn on the generator's own device and then moved, so a CPU generator gives the same
+    timesteps whether training runs on CPU or GPU.
+    """
+    draw_device = generator.device if generator is not None else device
+    t = torch.randint(0, num_timesteps, (batch,), generator=generator, device=draw_device)
+    return t.to(device) if device is not None else t
