@@ -1,0 +1,408 @@
+"""One LightningModule that is both a class-conditional DiT trainer and a diffusion classifier.
+
+``fit`` trains the denoiser with the epsilon loss (plus DiT's VLB term when sigma is learned),
+class dropout to the null class, and an EMA copy. ``test`` and ``predict`` classify with the EMA
+weights through a selection strategy (``diffclf.strategies``) over the data's label space.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from diffclf.diffusion.losses import diffusion_loss, sample_timesteps
+from diffclf.diffusion.schedule import NoiseSchedule
+from diffclf.diffusion.scoring import Scorer
+from diffclf.ema import ema_decay_at, make_ema, update_ema
+from diffclf.evaluation import ClassificationMetrics, finish_test
+from diffclf.models.dit import DiT, create_dit
+from diffclf.strategies import Classification, Exhaustive, Strategy
+
+
+class DiffusionClassifier(LightningModule):
+    """Class-conditional DiT: trainable generative model and Bayes classifier in one.
+
+    Args:
+        model: DiT preset name (``diffclf.models.dit.DIT_PRESETS``).
+        input_size: spatial size the DiT sees (pixels, or latents when ``vae`` is set).
+        in_channels: channels the DiT sees.
+        num_classes: classes of the model; the CLI links it to the data's ``num_model_classes``.
+        learn_sigma: predict the variance too (2C output channels), trained with DiT's VLB term.
+        model_kwargs: overrides of the preset (e.g. ``{"depth": 4}``).
+        pretrained: a DiT checkpoint (original ``.pt`` or a diffusers folder) to start from.
+        vae: local SD-VAE folder; images are then encoded to latents (mean for scoring,
+            a posterior sample for training).
+        class_dropout_prob: probability of replacing the label by the null class while training.
+        lr, weight_decay, betas, warmup_steps: AdamW with a linear warmup, then constant (DiT).
+        ema_decay, ema_warmup: EMA of the weights; evaluation and sampling use it.
+        val_timesteps: fixed timesteps of the validation eps-loss, so curves compare across runs.
+        strategy: how to spend denoiser calls when classifying (default: exhaustive, 100 draws).
+        design, noise, error, weighting, weight_rate, t_range: how draws are made and scored
+            (see ``diffclf.diffusion.scoring``).
+        score_batch_size: denoiser calls per forward while classifying.
+        score_precision: ``bf16`` runs the denoiser under autocast; errors accumulate in fp32.
+        temperature: ``p(c|x) = softmax(-err_c / temperature)``.
+        seed: the draws for an image depend only on this seed and the image's dataset index.
+        ci_level: level of the Clopper-Pearson interval reported by ``test``.
+        results_dir: where ``test`` writes ``results.json`` (default: the logger's directory).
+        results_file: a JSON Lines file every ``test`` run appends one record to.
+        sample_every_n_epochs: log a sample grid (one row per class) every n validation epochs
+            (0 turns it off).
+        sample_steps, sample_cfg_scale: sampler settings for those grids.
+        label: the model's name in results files and reports (default: the preset or checkpoint).
+    """
+
+    def __init__(
+        self,
+        model: str = "DiT-S/2",
+        input_size: int = 32,
+        in_channels: int = 4,
+        num_classes: int = 1000,
+        learn_sigma: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        pretrained: str | None = None,
+        vae: str | None = None,
+        class_dropout_prob: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = False,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        val_timesteps: list[int] | None = None,
+        strategy: Strategy | None = None,
+        design: Literal["even", "stratified", "uniform"] = "even",
+        noise: Literal["per_image", "shared"] = "per_image",
+        error: Literal["l2", "l1"] = "l2",
+        weighting: Literal["none", "exp"] = "none",
+        weight_rate: float = 7.0,
+        t_range: tuple[int, int] | None = None,
+        score_batch_size: int = 512,
+        score_precision: Literal["32", "bf16"] = "32",
+        temperature: float = 1.0,
+        seed: int = 0,
+        ci_level: float = 0.95,
+        results_dir: str | None = None,
+        results_file: str | None = None,
+        sample_every_n_epochs: int = 0,
+        sample_steps: int = 50,
+        sample_cfg_scale: float = 1.0,
+        label: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["strategy"])
+        if not 0.0 <= class_dropout_prob < 1.0:
+            raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        self.schedule = NoiseSchedule(num_timesteps, beta_start, beta_end)
+        self.codec = None
+        if vae is not None:
+            from diffclf.models.latents import LatentCodec, load_vae
+
+            self.codec = LatentCodec(load_vae(vae))
+        self.dit: DiT = self._build_dit()
+        self.ema: DiT = make_ema(self.dit)
+        self.strategy: Strategy = strategy if strategy is not None else Exhaustive(trials=100)
+        self.val_timesteps = list(val_timesteps or [50, 250, 500, 750, 950])
+        if any(not 0 <= t < num_timesteps for t in self.val_timesteps):
+            raise ValueError(f"model.val_timesteps must lie in [0, {num_timesteps}), got {self.val_timesteps}")
+        self.label_space = None
+        self.test_metrics: ClassificationMetrics | None = None
+        self._scorer: Scorer | None = None
+
+    def _build_dit(self) -> DiT:
+        hp = self.hparams
+        if hp.pretrained is not None:
+            from diffclf.models.checkpoints import load_dit
+
+            dit = load_dit(hp.pretrained, num_classes=hp.num_classes)
+            for name, want, got in (
+                ("input_size", hp.input_size, dit.input_size),
+                ("in_channels", hp.in_channels, dit.in_channels),
+                ("learn_sigma", hp.learn_sigma, dit.learn_sigma),
+            ):
+                if want != got:
+                    raise ValueError(
+                        f"model.pretrained {hp.pretrained} has {name}={got} but model.{name}={want} was given"
+                    )
+            dit.class_dropout_prob = hp.class_dropout_prob
+            dit.y_embedder.dropout_prob = hp.class_dropout_prob
+            dit.train()
+            return dit
+        kwargs = dict(hp.model_kwargs or {})
+        kwargs.setdefault("class_dropout_prob", hp.class_dropout_prob)
+        return create_dit(
+            hp.model,
+            input_size=hp.input_size,
+            in_channels=hp.in_channels,
+            num_classes=hp.num_classes,
+            learn_sigma=hp.learn_sigma,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ data in model space
+    def encode(self, images: Tensor, sample: bool) -> Tensor:
+        """Pixels → what the DiT sees: identity in pixel space, SD-VAE latents otherwise."""
+        if self.codec is None:
+            return images
+        with torch.no_grad():
+            return self.codec.encode_sample(images) if sample else self.codec.encode_mean(images)
+
+    def _check_input(self, x: Tensor) -> None:
+        want = (self.hparams.in_channels, self.hparams.input_size, self.hparams.input_size)
+        if tuple(x.shape[1:]) != want:
+            raise ValueError(
+                f"the DiT expects inputs of shape (C, H, W) = {want} but the data gives {tuple(x.shape[1:])}; "
+                "set model.input_size / model.in_channels (or data.image_size) to agree"
+            )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels, _ = batch
+        x0 = self.encode(images, sample=True)
+        self._check_input(x0)
+        t = sample_timesteps(x0.shape[0], self.schedule.num_timesteps, device=x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        out = self.dit(x_t, t, labels)  # label dropout to the null class happens inside (train mode)
+        losses = diffusion_loss(out, x0, x_t, t, noise, self.schedule, self.hparams.learn_sigma)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); the last good checkpoint was not overwritten"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        if self.hparams.learn_sigma:
+            self.log("train/mse", losses["mse"].mean(), batch_size=x0.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        decay = ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup)
+        update_ema(self.ema, self.dit, decay)
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.dit.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        if hp.warmup_steps <= 0:
+            return opt
+        warm = max(1, hp.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        """EMA eps-loss at fixed timesteps with noise fixed per image, so curves are comparable."""
+        images, labels, index = batch
+        x0 = self.encode(images, sample=False)
+        self._check_input(x0)
+        noise = per_index_noise(index, x0.shape[1:], self.hparams.seed).to(x0)
+        total = torch.zeros((), device=x0.device)
+        for t_val in self.val_timesteps:
+            t = torch.full((x0.shape[0],), t_val, device=x0.device, dtype=torch.long)
+            eps = self.ema(self.schedule.q_sample(x0, t, noise), t, labels)[:, : x0.shape[1]]
+            mse = (eps.float() - noise.float()).pow(2).mean()
+            self.log(f"val/loss_t{t_val}", mse, batch_size=x0.shape[0], sync_dist=True)
+            total = total + mse
+        self.log("val/loss", total / len(self.val_timesteps), prog_bar=True, batch_size=x0.shape[0], sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        every = self.hparams.sample_every_n_epochs
+        if every <= 0 or self.trainer.sanity_checking or (self.current_epoch + 1) % every:
+            return
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.log_dir or ".") / "samples" / f"epoch{self.current_epoch:04d}.png"
+            self.write_sample_grid(path, per_class=4)
+
+    @torch.no_grad()
+    def write_sample_grid(
+        self, path: str | Path, per_class: int = 4, class_ids: list[int] | None = None, seed: int = 0
+    ) -> Path:
+        """One row per class from the EMA weights, written as a PNG (decoded when latent)."""
+        from diffclf.diffusion.sampling import class_grid, save_image_grid
+
+        classes = class_ids if class_ids is not None else list(range(min(self.hparams.num_classes, 16)))
+        shape = (self.hparams.in_channels, self.hparams.input_size, self.hparams.input_size)
+        gen = torch.Generator().manual_seed(seed)
+        imgs = class_grid(
+            self.ema, classes, per_class, shape, self.schedule, method="ddim",
+            steps=self.hparams.sample_steps, cfg_scale=self.hparams.sample_cfg_scale,
+            generator=gen, device=self.device,
+        )
+        if self.codec is not None:
+            imgs = self.codec.decode(imgs)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_image_grid(imgs.clamp(-1, 1), path, nrow=per_class)
+        return path
+
+    # ------------------------------------------------------------------ classification
+    def setup(self, stage: str) -> None:
+        from diffclf.data.label_spaces import LabelSpace
+
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        space = getattr(dm, "label_space", None)
+        if space is None:
+            space = LabelSpace.identity([str(i) for i in range(self.hparams.num_classes)], name="model")
+        if space.num_model_classes != self.hparams.num_classes:
+            raise ValueError(
+                f"data label space '{space.name}' is defined over {space.num_model_classes} model classes "
+                f"but the model has {self.hparams.num_classes} classes"
+            )
+        bad = [c for c in space.all_model_ids() if not 0 <= c < self.hparams.num_classes]
+        if bad:
+            raise ValueError(
+                f"label space '{space.name}' names class ids {bad[:5]} outside the model's 0..{self.hparams.num_classes - 1}"
+            )
+        self.label_space = space
+
+    def _denoise(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self.ema(x_t, t, y)
+
+    def scorer(self) -> Scorer:
+        """The shared-noise scorer, sized for the strategy (built once per run)."""
+        if self._scorer is None or self._scorer.device != self.device:
+            hp = self.hparams
+            self._scorer = Scorer(
+                self._denoise, self.schedule, hp.in_channels,
+                max_draws=self.strategy.max_draws, design=hp.design, noise=hp.noise, error=hp.error,
+                weighting=hp.weighting, weight_rate=hp.weight_rate, t_range=hp.t_range,
+                batch_size=hp.score_batch_size,
+                autocast_dtype=torch.bfloat16 if hp.score_precision == "bf16" else None,
+                seed=hp.seed, num_classes=hp.num_classes,
+            )
+        return self._scorer
+
+    @torch.no_grad()
+    def classify(self, images: Tensor, index: Tensor) -> tuple[Classification, Tensor, Tensor]:
+        """Classify a batch over the label space.
+
+        Returns the strategy's result over the candidate model ids, the label-space ranking scores
+        ``(B, K)`` (a label-space class takes the best of its model ids) and ``p(c|x)`` ``(B, K)``.
+        """
+        x = self.encode(images, sample=False)
+        self._check_input(x)
+        space = self.label_space
+        ids = torch.tensor(space.all_model_ids(), device=x.device, dtype=torch.long)
+        result = self.strategy.classify(self.scorer(), x, index, ids)
+        rank = result.rank_scores()
+        probs_m = result.probs(self.hparams.temperature)
+        groups = label_space_groups(space, ids)
+        scores = torch.stack([rank[:, g].amax(dim=1) for g in groups], dim=1)
+        probs = torch.stack([probs_m[:, g].sum(dim=1) for g in groups], dim=1)
+        return result, scores, probs
+
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics = ClassificationMetrics(self.label_space.num_classes).to(self.device)
+        self.ema.eval()
+
+    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        images, targets, index = batch
+        start = time.perf_counter()
+        result, scores, _ = self.classify(images, index)
+        self.test_metrics.update(scores, targets, result.forwards, time.perf_counter() - start)
+
+    def on_test_epoch_end(self) -> None:
+        finish_test(self, self.test_metrics, self.result_context())
+
+    def result_context(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {
+            "model": hp.label or hp.pretrained or hp.model,
+            "kind": "generative",
+            "strategy": describe_strategy(self.strategy),
+            "seed": hp.seed,
+            "scoring": {
+                "design": hp.design, "noise": hp.noise, "error": hp.error, "weighting": hp.weighting,
+                "weight_rate": hp.weight_rate, "t_range": hp.t_range, "precision": hp.score_precision,
+                "temperature": hp.temperature,
+            },
+            "ci_level": hp.ci_level,
+            "results_dir": hp.results_dir,
+            "results_file": hp.results_file,
+        }
+
+    def _done_indices(self) -> set[int]:
+        """Dataset indices a resumed prediction run already wrote (see ``diffclf.writer``)."""
+        from diffclf.writer import PredictionWriter
+
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, PredictionWriter):
+                return cb.done
+        return set()
+
+    def predict_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> list[dict[str, Any]]:
+        images, targets, index = batch
+        done = self._done_indices()
+        if done:
+            keep = torch.tensor([int(i) not in done for i in index.tolist()], device=index.device)
+            if not keep.any():
+                return []
+            images, targets, index = images[keep], targets[keep], index[keep]
+        result, scores, probs = self.classify(images, index)
+        space = self.label_space
+        ids = space.all_model_ids()
+        groups = label_space_groups(space, torch.tensor(ids))
+        err = torch.stack([_nanmin(result.mean_error[:, g.to(result.mean_error.device)]) for g in groups], dim=1)
+        draws = torch.stack([result.num_draws[:, g.to(result.num_draws.device)].amax(dim=1) for g in groups], dim=1)
+        k = min(5, space.num_classes)
+        top = scores.topk(k, dim=1).indices
+        rows = []
+        for i in range(images.shape[0]):
+            rows.append({
+                "index": int(index[i]),
+                "target": int(targets[i]),
+                "pred": int(top[i, 0]),
+                "top5": top[i].tolist(),
+                "forwards": int(result.forwards[i]),
+                "mean_error": err[i].tolist(),
+                "num_draws": draws[i].tolist(),
+                "probs": probs[i].tolist(),
+            })
+        return rows
+
+
+def per_index_noise(index: Tensor, shape: tuple[int, ...] | torch.Size, seed: int) -> Tensor:
+    """Gaussian noise that depends only on (seed, dataset index): stable across batching and ranks."""
+    out = torch.empty((len(index), *shape))
+    for i, idx in enumerate(index.tolist()):
+        gen = torch.Generator().manual_seed((seed * 1_000_003 + 7919 * idx + 17) % (2**63))
+        out[i] = torch.randn(tuple(shape), generator=gen)
+    return out
+
+
+def label_space_groups(space: Any, ids: Tensor) -> list[Tensor]:
+    """For each label-space class, the positions of its model ids within ``ids``."""
+    pos = {int(c): i for i, c in enumerate(ids.tolist())}
+    return [torch.tensor([pos[c] for c in cls], dtype=torch.long, device=ids.device) for cls in space.model_classes]
+
+
+def _nanmin(x: Tensor) -> Tensor:
+    filled = torch.where(torch.isnan(x), torch.full_like(x, math.inf), x)
+    out = filled.amin(dim=1)
+    return torch.where(torch.isinf(out), torch.full_like(out, math.nan), out)
+
+
+def describe_strategy(strategy: Strategy) -> str:
+    """A short, stable text of the strategy and its arguments, for results files."""
+    args = {k: v for k, v in vars(strategy).items() if not k.startswith("_") and not isinstance(v, torch.nn.Module)}
+    inner = ", ".join(f"{k}={describe_strategy(v) if isinstance(v, Strategy) else v}" for k, v in sorted(args.items()))
+    return f"{type(strategy).__name__}({inner})"
