@@ -48,7 +48,14 @@ def load_strategy(spec: str) -> Strategy:
         raise SystemExit(f"error: --strategies {spec}: no such file or preset; known presets: {', '.join(known)}")
     parser = ArgumentParser()
     parser.add_argument("--strategy", type=Strategy)
-    return parser.instantiate_classes(parser.parse_args(["--strategy", str(path)])).strategy
+    return parser.instantiate(parser.parse_args(["--strategy", yaml_as_json(path)])).strategy
+
+
+def yaml_as_json(path: Path) -> str:
+    """A YAML file's content as one JSON argument (a plain jsonargparse parser takes class specs, not paths)."""
+    import yaml
+
+    return json.dumps(yaml.safe_load(path.read_text()))
 
 
 def time_forward(

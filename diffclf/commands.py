@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import CLI
 
@@ -48,6 +49,75 @@ def sample(
     module.hparams.sample_cfg_scale = cfg_scale
     path = module.write_sample_grid(out, per_class=per_class, class_ids=classes, seed=seed)
     print(f"sample grid written to {path}")
+    return str(path)
+
+
+def load_datamodule(spec: str, overrides: dict | None = None):
+    """A data module from a preset name (``configs/data/NAME.yaml``) or a YAML file, with init_args overrides."""
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    from diffclf.main import CONFIG_DIR
+
+    path = Path(spec) if spec.endswith((".yaml", ".yml")) else CONFIG_DIR / "data" / f"{spec}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml"))
+        raise SystemExit(f"error: --data {spec}: no such file or preset; known presets: {', '.join(known)}")
+    from diffclf.bench import yaml_as_json
+
+    parser = ArgumentParser()
+    parser.add_argument("--data", type=LightningDataModule)
+    args = ["--data", yaml_as_json(path)]
+    for key, value in (overrides or {}).items():
+        args.append(f"--data.init_args.{key}={value}")
+    return parser.instantiate(parser.parse_args(args)).data
+
+
+def cache_latents(
+    data: str,
+    vae: str,
+    out: str,
+    split: str = "train",
+    data_args: dict[str, Any] | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    dtype: str = "float32",
+    num_workers: int = 0,
+) -> str:
+    """Encode a dataset split with an SD-VAE once (both flips) for fast latent-space training.
+
+    Args:
+        data: data preset name (``configs/data/NAME.yaml``) or a data YAML file; its image size
+            and crop are the ones the cache is made at.
+        vae: local ``AutoencoderKL`` folder (e.g. ``sd-vae-ft-ema``).
+        out: the ``.safetensors`` cache file to write.
+        split: ``train``, ``val`` or ``test``.
+        data_args: init_args overriding the preset's, e.g. ``{"train_root": "/data/imagenet/train"}``.
+        batch_size: images per VAE batch.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        dtype: storage type of the latent moments (``float32``, ``float16``, ``bfloat16``).
+        num_workers: data loader workers.
+    """
+    import torch
+
+    from diffclf.data.base import IndexedDataset
+    from diffclf.data.latent_cache import cache_latents as write_cache
+
+    dm = load_datamodule(data, data_args)
+    stage = {"train": "fit", "val": "fit", "test": "test"}.get(split)
+    if stage is None:
+        raise SystemExit(f"error: --split {split}: expected train, val or test")
+    splits = dm.build_datasets(stage)
+    if split not in splits:
+        raise SystemExit(f"error: --split {split}: data {data} has no {split} split")
+    space = dm.label_space
+    meta = {"dataset": dm.name, "names": list(space.names), "model_classes": [list(c) for c in space.model_classes],
+            "num_model_classes": space.num_model_classes, "label_space": space.name}
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    path = write_cache(IndexedDataset(splits[split]), vae, out, batch_size=batch_size, device=dev,
+                       image_size=dm.image_size, crop=getattr(getattr(dm, "transform", None), "crop", "none"), meta=meta, dtype=dtype,
+                       num_workers=num_workers)
+    print(f"latent cache of {len(splits[split])} images (both flips) written to {path}")
     return str(path)
 
 
@@ -92,4 +162,5 @@ COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "export": _export,
     "build-shift": _build_shift,
     "merge": _merge,
+    "cache-latents": lambda argv: _run(cache_latents, argv),
 }

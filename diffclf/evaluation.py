@@ -306,6 +306,8 @@ def finish_test(module: LightningModule, metrics: ClassificationMetrics, context
     ctx.setdefault("label_space_size", metrics.num_classes)
     ctx.setdefault("skipped_images", _count(getattr(dm, "skipped_images", 0)))
     ctx.setdefault("world_size", getattr(trainer, "world_size", 1))
+    if getattr(dm, "exclude_from_fit", None):
+        ctx.setdefault("exclude_from_fit", list(dm.exclude_from_fit))
     ctx.setdefault("device", _device_name(module.device))
     record = make_record(values, level, **ctx)
     module.test_record = record

@@ -20,7 +20,7 @@ from diffclf.diffusion.losses import diffusion_loss, sample_timesteps
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
 from diffclf.ema import ema_decay_at, make_ema, update_ema
-from diffclf.evaluation import ClassificationMetrics, finish_test
+from diffclf.evaluation import ClassificationMetrics, finish_test, resolve_label_space
 from diffclf.models.dit import DiT, create_dit
 from diffclf.strategies import Classification, Exhaustive, Strategy
 
@@ -56,6 +56,8 @@ class DiffusionClassifier(LightningModule):
             (0 turns it off).
         sample_steps, sample_cfg_scale: sampler settings for those grids.
         label: the model's name in results files and reports (default: the preset or checkpoint).
+        class_names: names of the model's classes; taken from the training data when not given and
+            kept in checkpoints (exported as diffusers ``id2label``).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class DiffusionClassifier(LightningModule):
         sample_steps: int = 50,
         sample_cfg_scale: float = 1.0,
         label: str | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["strategy"])
@@ -111,7 +114,8 @@ class DiffusionClassifier(LightningModule):
         if vae is not None:
             from diffclf.models.latents import LatentCodec, load_vae
 
-            self.codec = LatentCodec(load_vae(vae))
+            # Not a registered submodule: the VAE's weights stay in its own folder, not in every checkpoint.
+            object.__setattr__(self, "codec", LatentCodec(load_vae(vae)))
         self.dit: DiT = self._build_dit()
         self.ema: DiT = make_ema(self.dit)
         self.strategy: Strategy = strategy if strategy is not None else Exhaustive(trials=100)
@@ -119,6 +123,7 @@ class DiffusionClassifier(LightningModule):
         if any(not 0 <= t < num_timesteps for t in self.val_timesteps):
             raise ValueError(f"model.val_timesteps must lie in [0, {num_timesteps}), got {self.val_timesteps}")
         self.label_space = None
+        self.inputs_are_latents = False
         self.test_metrics: ClassificationMetrics | None = None
         self._scorer: Scorer | None = None
 
@@ -155,8 +160,9 @@ class DiffusionClassifier(LightningModule):
     # ------------------------------------------------------------------ data in model space
     def encode(self, images: Tensor, sample: bool) -> Tensor:
         """Pixels → what the DiT sees: identity in pixel space, SD-VAE latents otherwise."""
-        if self.codec is None:
+        if self.codec is None or self.inputs_are_latents:
             return images
+        self.codec.to(images.device)
         with torch.no_grad():
             return self.codec.encode_sample(images) if sample else self.codec.encode_mean(images)
 
@@ -248,7 +254,7 @@ class DiffusionClassifier(LightningModule):
             generator=gen, device=self.device,
         )
         if self.codec is not None:
-            imgs = self.codec.decode(imgs)
+            imgs = self.codec.to(imgs.device).decode(imgs)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image_grid(imgs.clamp(-1, 1), path, nrow=per_class)
@@ -256,23 +262,12 @@ class DiffusionClassifier(LightningModule):
 
     # ------------------------------------------------------------------ classification
     def setup(self, stage: str) -> None:
-        from diffclf.data.label_spaces import LabelSpace
-
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        space = getattr(dm, "label_space", None)
-        if space is None:
-            space = LabelSpace.identity([str(i) for i in range(self.hparams.num_classes)], name="model")
-        if space.num_model_classes != self.hparams.num_classes:
-            raise ValueError(
-                f"data label space '{space.name}' is defined over {space.num_model_classes} model classes "
-                f"but the model has {self.hparams.num_classes} classes"
-            )
-        bad = [c for c in space.all_model_ids() if not 0 <= c < self.hparams.num_classes]
-        if bad:
-            raise ValueError(
-                f"label space '{space.name}' names class ids {bad[:5]} outside the model's 0..{self.hparams.num_classes - 1}"
-            )
-        self.label_space = space
+        self.label_space = resolve_label_space(self, self.hparams.num_classes)
+        if self.hparams.class_names is None and getattr(dm, "label_space", None) is not None:
+            if dm.label_space.num_classes == self.hparams.num_classes:
+                self.hparams.class_names = list(dm.label_space.names)
+        self.inputs_are_latents = getattr(dm, "input_space", "pixels") == "latents"
 
     def _denoise(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
         return self.ema(x_t, t, y)
@@ -302,7 +297,7 @@ class DiffusionClassifier(LightningModule):
         self._check_input(x)
         space = self.label_space
         ids = torch.tensor(space.all_model_ids(), device=x.device, dtype=torch.long)
-        result = self.strategy.classify(self.scorer(), x, index, ids)
+        result = self.strategy.classify(self.scorer(), x, index, ids, images=images)
         rank = result.rank_scores()
         probs_m = result.probs(self.hparams.temperature)
         groups = label_space_groups(space, ids)

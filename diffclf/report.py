@@ -173,12 +173,23 @@ def _render_markdown(
     return "\n".join(md)
 
 
+def _exclusions(df: pd.DataFrame, always: Sequence[str]) -> dict[str, list[str]]:
+    """Per dataset, the models its records ask to keep out of the fit, plus ``always``."""
+    out: dict[str, set[str]] = {d: set(always) for d in df["dataset"].unique()}
+    if "exclude_from_fit" in df:
+        for d, names in zip(df["dataset"], df["exclude_from_fit"]):
+            if isinstance(names, (list, tuple)):
+                out[d].update(str(n) for n in names)
+    return {d: sorted(v) for d, v in out.items()}
+
+
 def run_report(
     results: list[str],
     out: str,
     id_dataset: str,
     level: float | None = None,
     id_for: dict[str, str] | None = None,
+    exclude_from_fit: list[str] | None = None,
 ) -> dict[str, Any]:
     """Accuracy and effective-robustness tables plus the figure, from results records.
 
@@ -190,6 +201,8 @@ def run_report(
             (default: the records' own ``ci_level``, which must then agree). The paper plots 0.995.
         id_for: ID dataset of particular OOD datasets, on top of
             ``{"imagenet_a": "imagenet_200", "fashion_mnist_hard": "fashion_mnist"}``.
+        exclude_from_fit: models kept out of every baseline fit, on top of those a dataset's own
+            records name (``fashion_mnist_hard`` names the reference model it was filtered against).
     """
     id_map = {**DEFAULT_ID_FOR, **(id_for or {})}
     try:
@@ -207,7 +220,9 @@ def run_report(
         acc.at[r.name, r.dataset] = _pct(r.accuracy, r.ci_low, r.ci_high)
 
     table = df.rename(columns={"model": "model_field", "name": "model"})
-    points, fits, er_notes = robustness_points(table, id_dataset, id_map, EPS)
+    points, fits, er_notes = robustness_points(
+        table, id_dataset, id_map, EPS, _exclusions(df, exclude_from_fit or [])
+    )
     notes += er_notes
     ood = sorted(points["ood_dataset"].unique()) if len(points) else []
     er = pd.DataFrame("—", index=pd.Index(models, name="model"), columns=ood)

@@ -180,3 +180,21 @@ def test_reruns_keep_the_latest_and_different_strategies_are_refused(tmp_path: P
     src = _write(tmp_path / "labelled.jsonl", [*recs, labelled])
     report = run_report([str(src)], str(tmp_path / "out"), id_dataset="imagenet")
     assert {"name": "DiT-XL/2 adaptive", "kind": "generative"} in report["models"]
+
+
+def test_reference_model_named_by_the_records_is_kept_out_of_the_fit(tmp_path: Path) -> None:
+    recs = [r for r in _records() if r["dataset"] == "imagenet"]
+    for model, acc in ID_ACC.items():
+        kind = "generative" if model.startswith("DiT") else "discriminative"
+        # vit_c is the reference the hard set was filtered against: ~0 OOD accuracy by construction.
+        hard = 0.001 if model == "vit_c" else _ood(model)
+        rec = _rec(model, "imagenet_hard", hard, kind)
+        rec["exclude_from_fit"] = ["vit_c"]
+        recs.append(rec)
+    report = run_report([str(_write(tmp_path / "r.jsonl", recs))], str(tmp_path / "out"), id_dataset="imagenet")
+    fit = report["fits"]["imagenet_hard"]
+    assert sorted(fit["models"]) == ["resnet_a", "resnet_b"]
+    assert fit["slope"] == pytest.approx(LINE[0], abs=0.02)
+    with_ref = run_report([str(tmp_path / "r.jsonl")], str(tmp_path / "o2"), id_dataset="imagenet",
+                          exclude_from_fit=["resnet_a"])
+    assert with_ref["fits"]["imagenet_hard"] is None  # one model left: no line, and the report says so

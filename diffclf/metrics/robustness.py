@@ -107,12 +107,19 @@ def ood_datasets(datasets: Sequence[str], id_dataset: str, id_for: Mapping[str, 
 
 
 def robustness_points(
-    df: pd.DataFrame, id_dataset: str, id_for: Mapping[str, str] | None = None, eps: float = EPS
+    df: pd.DataFrame,
+    id_dataset: str,
+    id_for: Mapping[str, str] | None = None,
+    eps: float = EPS,
+    exclude_from_fit: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, LinearFit | None], list[str]]:
     """Pair every model's ID and OOD records, fit the baselines and compute effective robustness.
 
     ``df`` has one row per (model, dataset) with columns model, kind, dataset, accuracy, ci_low,
-    ci_high. ``id_for`` names the ID dataset of an OOD dataset (default: ``id_dataset``). Returns the
+    ci_high. ``id_for`` names the ID dataset of an OOD dataset (default: ``id_dataset``).
+    ``exclude_from_fit[ood]`` lists models kept out of that dataset's baseline fit (the reference
+    model an adversarially filtered set was built against: its OOD accuracy is ~0 by construction,
+    which would bend the line). Returns the
     points (one row per model and OOD dataset; ``er``, ``er_low``, ``er_high`` NaN without a fit),
     the fit per OOD dataset (None when fewer than 2 discriminative models) and notes to show.
     """
@@ -163,7 +170,10 @@ def robustness_points(
     ]
     points = pd.DataFrame(rows, columns=cols)
     for ood, g in points.groupby("ood_dataset", sort=True):
-        disc = g[g["kind"] == "discriminative"]
+        excluded = set((exclude_from_fit or {}).get(ood, ()))
+        disc = g[(g["kind"] == "discriminative") & ~g["model"].isin(excluded)]
+        if excluded & set(g["model"]):
+            notes.append(f"{ood}: {', '.join(sorted(excluded & set(g['model'])))} kept out of the baseline fit")
         try:
             fit = fit_linear(
                 disc["id_acc"], disc["ood_acc"], tuple(disc["model"]), g["id_dataset"].iloc[0], ood, eps

@@ -1,0 +1,172 @@
+"""What every diffclf data module shares: the label space, indexed batches, exactly-once samplers.
+
+Every batch is ``(images, targets, indices)``: ``indices`` are dataset indices, which seed the
+classifier's draws (so predictions do not depend on batching or world size) and key the
+resumable prediction files. Evaluation splits are sharded over ranks with
+:class:`UnrepeatedDistributedSampler`, which — unlike Lightning's default test sampler — never
+pads with repeated samples, so every image is counted exactly once. That requires
+``Trainer(use_distributed_sampler=False)`` (the CLI's default); the training split then gets a
+``DistributedSampler`` from here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from diffclf.data.label_spaces import LabelSpace
+from diffclf.data.transforms import random_hflip
+
+
+class UnrepeatedDistributedSampler(Sampler[int]):
+    """Rank ``r`` of ``w`` takes indices ``r, r+w, r+2w, …``: uneven counts, no padding, no repeats."""
+
+    def __init__(self, length: int, num_replicas: int, rank: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
+        self.length, self.num_replicas, self.rank = length, num_replicas, rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))
+
+
+class IndexedDataset(Dataset):
+    """Wraps a dataset of ``(image, target)`` into ``(image, target, index)``, flipping at random when training.
+
+    ``subset`` restricts it to fixed positions of the base dataset; the index reported is always
+    the position in the *evaluated* dataset (0..len-1), so results files key on stable numbers.
+    """
+
+    def __init__(self, base: Dataset, flip: bool = False, subset: Sequence[int] | None = None) -> None:
+        self.base = base
+        self.flip = flip
+        self.subset = list(subset) if subset is not None else None
+
+    def __len__(self) -> int:
+        return len(self.subset) if self.subset is not None else len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        image, target = self.base[self.subset[i] if self.subset is not None else i]
+        if self.flip:
+            image = random_hflip(image)
+        return image, int(target), i
+
+
+class ClassificationDataModule(LightningDataModule):
+    """Base data module: subclasses set ``name``, ``label_space``, ``image_size``, ``in_channels`` in
+    ``__init__`` (the CLI links ``num_model_classes`` into the model right after construction) and
+    implement :meth:`build_datasets`, returning ``(image, target)`` datasets.
+
+    Args:
+        batch_size: training batch size per device.
+        eval_batch_size: images per batch when validating, testing and predicting (default: batch_size).
+        num_workers: dataloader worker processes.
+        seed: seed of the training shuffle.
+        eval_limit: test and predict on the first ``eval_limit`` images only (quick looks, tests);
+            indices stay those of the full split.
+    """
+
+    name: str = "data"
+    label_space: LabelSpace
+    image_size: int
+    in_channels: int
+
+    def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
+                 seed: int = 0, eval_limit: int | None = None) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        if eval_limit is not None and eval_limit < 1:
+            raise ValueError(f"data.eval_limit must be >= 1 (or null for all images), got {eval_limit}")
+        self.eval_limit = eval_limit
+        self.skipped_images: list[str] = []
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
+        self.predict_dataset: Dataset | None = None
+        self._train_sampler: Any = None
+
+    @property
+    def num_model_classes(self) -> int:
+        """Classes of the model this data is for; the CLI links it to ``model.num_classes``."""
+        return self.label_space.num_model_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.label_space.names)
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        """``{"train": …, "val": …, "test": …}`` as ``(image, target)`` datasets for ``stage``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        splits = self.build_datasets(stage)
+        if "train" in splits:
+            self.train_dataset = IndexedDataset(splits["train"], flip=True)
+        if "val" in splits:
+            self.val_dataset = IndexedDataset(splits["val"])
+        if "test" in splits:
+            test = splits["test"]
+            limit = None if self.eval_limit is None else range(min(self.eval_limit, len(test)))  # type: ignore[arg-type]
+            self.test_dataset = IndexedDataset(test, subset=limit)
+            self.predict_dataset = self.test_dataset
+
+    # ------------------------------------------------------------------ samplers
+    def _world(self) -> tuple[int, int]:
+        trainer = self._trainer if hasattr(self, "_trainer") else None
+        if trainer is None:
+            return 1, 0
+        world, rank = trainer.world_size, trainer.global_rank
+        if world > 1 and getattr(trainer._accelerator_connector, "use_distributed_sampler", False):
+            raise ValueError(
+                "diffclf data modules shard data themselves so that every test image is counted once: "
+                "set Trainer(use_distributed_sampler=False) (the CLI does this by default)"
+            )
+        return world, rank
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle the distributed training split for ``epoch`` (called by the module)."""
+        if isinstance(self._train_sampler, DistributedSampler):
+            self._train_sampler.set_epoch(epoch)
+
+    def _loader(self, dataset: Dataset | None, split: str, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{self.name}: no {split} split (setup was not called for this stage)")
+        world, rank = self._world()
+        kwargs: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if train:
+            if world > 1:
+                self._train_sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed)
+                kwargs["sampler"] = self._train_sampler
+            else:
+                kwargs["shuffle"] = True
+                kwargs["generator"] = torch.Generator().manual_seed(self.seed)
+            return DataLoader(dataset, batch_size=self.batch_size, drop_last=len(dataset) >= self.batch_size * world,
+                              **kwargs)
+        if world > 1:
+            kwargs["sampler"] = UnrepeatedDistributedSampler(len(dataset), world, rank)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, "train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_dataset, "predict")

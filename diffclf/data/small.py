@@ -1,0 +1,433 @@
+"""Small grey datasets held in memory: scikit-learn's digits and Fashion-MNIST.
+
+Both fit in RAM as ``uint8`` tensors (Fashion-MNIST: 55 MB), so the datasets are tensor-backed
+and convert one item at a time to ``(1, S, S)`` floats in [-1, 1] — no decoding, no file reads
+after setup, and cheap to copy into dataloader workers. Fashion-MNIST's 28×28 images are padded
+with the background value (-1) to ``image_size`` (default 32) so patch-2/patch-4 DiTs fit.
+
+Fashion-MNIST is read from IDX files parsed here with numpy (gzipped or not), found in this order:
+the folder the user names (``root``, the files directly in it or in ``FashionMNIST/raw/``),
+Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``), else torchvision
+downloads them into ``root`` when ``download=True``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from diffclf.data.base import ClassificationDataModule
+from diffclf.data.label_spaces import LabelSpace
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEFAULT_DOWNLOAD_ROOT = "data"
+FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_MNIST_SIZES = {"train": 60000, "test": 10000}
+FASHION_MNIST_SIDE = 28
+DIGITS_TEST_SIZE = 360
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+ValSplit = Literal["test", "train"]
+
+
+class DataSourceError(ValueError):
+    """Data that is missing or unreadable; the message is one line that says what to do."""
+
+
+# --------------------------------------------------------------------------- tensors → items
+def pad_images(images: Tensor, image_size: int, value: float = -1.0) -> Tensor:
+    """Pad ``(..., H, W)`` to ``image_size`` on both sides (extra pixel right/bottom); the image stays centred."""
+    h, w = images.shape[-2:]
+    if image_size < max(h, w):
+        raise ValueError(
+            f"image_size {image_size} is smaller than the {h}x{w} images (padding only, no crop)"
+        )
+    top, left = (image_size - h) // 2, (image_size - w) // 2
+    if image_size == h == w:
+        return images
+    return F.pad(images, (left, image_size - w - left, top, image_size - h - top), value=value)
+
+
+def uint8_to_model(images: Tensor, max_value: float = 255.0, image_size: int | None = None) -> Tensor:
+    """``(N, H, W)`` integer pixels in ``[0, max_value]`` → float ``(N, 1, S, S)`` in [-1, 1], background-padded."""
+    x = images.float().div(max_value / 2.0).sub(1.0).unsqueeze(-3)
+    return x if image_size is None else pad_images(x, image_size)
+
+
+class UInt8ImageDataset(Dataset):
+    """Grey images kept as a ``uint8`` tensor ``(N, H, W)``, converted per item to ``(1, S, S)`` in [-1, 1].
+
+    Args:
+        images: ``(N, H, W)`` uint8 pixels in ``[0, max_value]``.
+        targets: ``(N,)`` label-space indices.
+        max_value: the pixel value that maps to +1 (255; digits: 16).
+        image_size: side to pad to with -1 (default: no padding).
+    """
+
+    def __init__(
+        self, images: Tensor, targets: Tensor, max_value: float = 255.0, image_size: int | None = None
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 3:
+            raise ValueError(f"expected (N, H, W) uint8 images, got {tuple(images.shape)} {images.dtype}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images = images
+        self.targets = targets.long()
+        self.max_value = max_value
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        image = uint8_to_model(self.images[i : i + 1], self.max_value, self.image_size)[0]
+        return image, int(self.targets[i])
+
+
+def stratified_subset(labels: np.ndarray, size: int, random_state: int = 0) -> np.ndarray:
+    """Sorted positions of a fixed subset of ``size`` items, stratified by label where the sizes allow it
+    (all items when ``size >= len``)."""
+    n = len(labels)
+    if size >= n:
+        return np.arange(n)
+    if size < 1:
+        raise ValueError(f"subset size must be >= 1, got {size}")
+    counts = np.unique(labels, return_counts=True)[1]
+    stratify = labels if min(size, n - size) >= len(counts) and counts.min() >= 2 else None
+    _, idx = train_test_split(np.arange(n), test_size=size, stratify=stratify, random_state=random_state)
+    return np.sort(idx)
+
+
+def _split_val(
+    val_split: ValSplit, val_size: int, train_labels: np.ndarray | None, test_labels: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(training positions kept or None for all, validation positions in its source split)."""
+    if val_split == "train":
+        assert train_labels is not None
+        if not 1 <= val_size < len(train_labels):
+            raise ValueError(
+                f"data.val_size must be in 1..{len(train_labels) - 1} with val_split=train, got {val_size}"
+            )
+        val = stratified_subset(train_labels, val_size)
+        return np.setdiff1d(np.arange(len(train_labels)), val), val
+    assert test_labels is not None
+    if val_size < 1:
+        raise ValueError(f"data.val_size must be >= 1, got {val_size}")
+    return None, stratified_subset(test_labels, val_size)
+
+
+def _check_val_split(val_split: str) -> None:
+    if val_split not in ("test", "train"):
+        raise ValueError(f"data.val_split must be 'test' or 'train', got {val_split!r}")
+
+
+# --------------------------------------------------------------------------- digits
+class DigitsDataModule(ClassificationDataModule):
+    """scikit-learn's 8×8 handwritten digits (1797 images, embedded in scikit-learn: no download).
+
+    The test split is fixed: 360 images, stratified, ``train_test_split(test_size=360, stratify=y,
+    random_state=0)`` — the README's "360-image held-out test split"; training gets the other 1437.
+    Validation (the generative eps-loss curve) defaults to a fixed stratified subset of the *test*
+    split (``val_size=360``: all of it): the curve is only worth watching on images the denoiser has
+    not seen, and at 1437 training images every held-back image costs the model. Nothing in the presets
+    selects checkpoints on it (they keep the last one); to select on validation without touching the
+    test split, set ``val_split=train`` (``val_size`` images leave the training split).
+
+    Args:
+        batch_size, eval_batch_size, num_workers, seed, eval_limit: see :class:`ClassificationDataModule`
+            (``seed`` only shuffles training; the splits never depend on it).
+        val_split: where validation images come from: ``test`` or ``train`` (then removed from training).
+        val_size: validation images, a fixed stratified subset of ``val_split``.
+        flip: random horizontal flips when training. Off by default: digits are not mirror-symmetric.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_limit: int | None = None,
+        val_split: ValSplit = "test",
+        val_size: int = DIGITS_TEST_SIZE,
+        flip: bool = False,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, eval_limit)
+        _check_val_split(val_split)
+        self.name = "digits"
+        self.label_space = LabelSpace.identity([str(d) for d in range(10)], name="digits")
+        self.image_size = 8
+        self.in_channels = 1
+        self.val_split = val_split
+        self.val_size = val_size
+        self.flip = flip
+        self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
+
+    def split_arrays(self) -> dict[str, tuple[Tensor, Tensor]]:
+        """``{"train", "val", "test"}`` → ``(uint8 images (N, 8, 8) in 0..16, labels)``, fixed and cached."""
+        if self._splits is None:
+            from sklearn.datasets import load_digits
+
+            digits = load_digits()
+            images = digits.images.astype(np.uint8)
+            y = digits.target.astype(np.int64)
+            train_idx, test_idx = train_test_split(
+                np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=0
+            )
+            train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+            keep, val = _split_val(self.val_split, self.val_size, y[train_idx], y[test_idx])
+            val_idx = (train_idx if self.val_split == "train" else test_idx)[val]
+            if keep is not None:
+                train_idx = train_idx[keep]
+            t_images, t_y = torch.from_numpy(images), torch.from_numpy(y)
+            self._splits = {
+                name: (t_images[idx], t_y[idx])
+                for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+            }
+        return self._splits
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        return {
+            name: UInt8ImageDataset(x, y, max_value=16.0)
+            for name, (x, y) in self.split_arrays().items()
+            if name in _stage_splits(stage)
+        }
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.train_dataset is not None:
+            self.train_dataset.flip = self.flip
+
+
+def _stage_splits(stage: str) -> set[str]:
+    """The splits Lightning needs for ``stage`` (``predict`` reads the test split)."""
+    return {"fit": {"train", "val"}, "validate": {"val"}}.get(stage, {"test"})
+
+
+# --------------------------------------------------------------------------- IDX files
+def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
+    """Read an IDX file (gzipped or not, told apart by content) into a numpy array.
+
+    ``magic`` (e.g. ``0x00000803`` for uint8 images) is checked when given. Anything wrong — not
+    IDX, wrong kind, truncated, corrupt gzip — raises :class:`DataSourceError` naming the file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataSourceError(f"{path}: unreadable IDX file ({err})") from None
+    head = raw[:4]
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_DTYPES or not 1 <= head[3] <= 4:
+        raise DataSourceError(f"{path}: not an IDX file (magic number 0x{head.hex() or '<empty>'})")
+    found = struct.unpack(">I", head)[0]
+    if magic is not None and found != magic:
+        raise DataSourceError(f"{path}: IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
+    ndim, dtype = head[3], _IDX_DTYPES[head[2]]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataSourceError(f"{path}: truncated IDX header")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = memoryview(raw)[4 + 4 * ndim :]
+    expected = math.prod(dims) * dtype.itemsize
+    if len(body) != expected:
+        raise DataSourceError(
+            f"{path}: IDX header says {dims} ({expected} bytes) but {len(body)} data bytes follow"
+        )
+    return np.frombuffer(body, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(dims)
+
+
+def _find_in(folder: Path) -> dict[str, Path] | None:
+    """The four Fashion-MNIST IDX files (``name`` or ``name.gz``) in ``folder``, or None if any is missing."""
+    found: dict[str, Path] = {}
+    for stem in (s for pair in FASHION_MNIST_FILES.values() for s in pair):
+        for candidate in (folder / stem, folder / f"{stem}.gz"):
+            if candidate.is_file():
+                found[stem] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def find_fashion_mnist(root: str | Path | None = None) -> dict[str, Path] | None:
+    """The IDX files by stem from ``root`` (directly or in ``FashionMNIST/raw/``), else Debian's folder.
+
+    Without ``root``, an earlier ``download`` into the default ``data`` folder is found last.
+    """
+    folders = [Path(root), Path(root) / "FashionMNIST" / "raw"] if root is not None else []
+    folders.append(DEBIAN_FASHION_MNIST)
+    if root is None:
+        folders.append(Path(DEFAULT_DOWNLOAD_ROOT) / "FashionMNIST" / "raw")
+    for folder in folders:
+        found = _find_in(folder)
+        if found is not None:
+            return found
+    return None
+
+
+def missing_fashion_mnist_message(root: str | Path | None, option_prefix: str = "--data.init_args.") -> str:
+    """One line naming where we looked and the three ways to provide the data."""
+    looked = f"{root} (and its FashionMNIST/raw/), " if root is not None else ""
+    return (
+        f"Fashion-MNIST not found (looked in {looked}{DEBIAN_FASHION_MNIST}/): name a folder with its four IDX "
+        f"files ({option_prefix}root DIR), install Debian's copy (apt-get install dataset-fashion-mnist), "
+        f"or let torchvision download it ({option_prefix}download true)"
+    )
+
+
+def download_fashion_mnist(root: str | Path) -> dict[str, Path]:
+    """torchvision's download into ``root/FashionMNIST/raw/``; returns the files found there."""
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(root), train=True, download=True)
+    except Exception as err:  # noqa: BLE001 - network and archive errors alike get one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataSourceError(f"Fashion-MNIST download into {root} failed ({reason})") from None
+    found = _find_in(Path(root) / "FashionMNIST" / "raw")
+    if found is None:
+        raise DataSourceError(
+            f"Fashion-MNIST download into {root} left no IDX files in {root}/FashionMNIST/raw/"
+        )
+    return found
+
+
+def load_fashion_mnist_split(files: dict[str, Path], split: str) -> tuple[Tensor, Tensor]:
+    """``(uint8 images (N, 28, 28), int64 labels (N,))`` of ``train`` or ``test``, checked for shape and range."""
+    image_stem, label_stem = FASHION_MNIST_FILES[split]
+    images = read_idx(files[image_stem], IDX_IMAGES_MAGIC)
+    labels = read_idx(files[label_stem], IDX_LABELS_MAGIC)
+    side = FASHION_MNIST_SIDE
+    if images.shape[1:] != (side, side):
+        raise DataSourceError(
+            f"{files[image_stem]}: images are {images.shape[1:]}, Fashion-MNIST's are {side}x{side}"
+        )
+    if len(images) != len(labels):
+        raise DataSourceError(f"{files[label_stem]}: {len(labels)} labels for {len(images)} images")
+    if labels.size and labels.max() >= 10:
+        raise DataSourceError(f"{files[label_stem]}: label {int(labels.max())} outside Fashion-MNIST's 0..9")
+    return torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64))
+
+
+def fashion_mnist_label_space() -> LabelSpace:
+    """torchvision's Fashion-MNIST class names, one model class each (shared by the shifted test sets)."""
+    from torchvision.datasets import FashionMNIST
+
+    return LabelSpace.identity(FashionMNIST.classes, name="fashion_mnist")
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+class FashionMNISTDataModule(ClassificationDataModule):
+    """Fashion-MNIST: 60,000 training and 10,000 test images, 28×28 grey, 10 classes.
+
+    Images are padded with the background value (-1) to ``image_size``. Training uses all 60,000
+    images, as every published Fashion-MNIST number does. Validation (the eps-loss / accuracy curve)
+    defaults to a fixed stratified 1,000 of the test images: held out from training, so the curve
+    shows over-fitting, yet cheap enough to run often. The presets never select checkpoints on it;
+    to do so without touching the test split, set ``val_split=train`` (those images then leave training).
+
+    Args:
+        root: folder with the four IDX files (gzipped or not; directly or in ``FashionMNIST/raw/``);
+            also where ``download`` puts them (default ``data``, relative to the working directory).
+        download: download with torchvision when neither ``root`` nor Debian's copy has the files.
+        image_size: side after padding (>= 28; 28 = no padding; 32 suits patch 2 and 4).
+        batch_size, eval_batch_size, num_workers, seed, eval_limit: see :class:`ClassificationDataModule`.
+        val_split: where validation images come from: ``test`` or ``train`` (then removed from training).
+        val_size: validation images, a fixed stratified subset of ``val_split``.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        download: bool = False,
+        image_size: int = 32,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_limit: int | None = None,
+        val_split: ValSplit = "test",
+        val_size: int = 1000,
+    ) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, seed, eval_limit)
+        _check_val_split(val_split)
+        if image_size < FASHION_MNIST_SIDE:
+            raise ValueError(
+                f"data.image_size must be >= 28 (images are padded, not cropped), got {image_size}"
+            )
+        self.name = "fashion_mnist"
+        self.label_space = fashion_mnist_label_space()
+        self.image_size = image_size
+        self.in_channels = 1
+        self.root = root
+        self.download = download
+        self.val_split = val_split
+        self.val_size = val_size
+        self.files = find_fashion_mnist(root)
+        if self.files is None and not download:
+            raise DataSourceError(missing_fashion_mnist_message(root))
+        self._arrays: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def prepare_data(self) -> None:
+        """Download once (per node) when asked and nothing local was found."""
+        if self.files is None:
+            self.files = find_fashion_mnist(self.root) or download_fashion_mnist(
+                self.root or DEFAULT_DOWNLOAD_ROOT
+            )
+
+    def arrays(self, split: str) -> tuple[Tensor, Tensor]:
+        """The raw ``train``/``test`` split as uint8 images and labels, read once."""
+        if split not in self._arrays:
+            if self.files is None:
+                self.prepare_data()
+            assert self.files is not None
+            self._arrays[split] = load_fashion_mnist_split(self.files, split)
+        return self._arrays[split]
+
+    def build_datasets(self, stage: str) -> dict[str, Dataset]:
+        wanted = _stage_splits(stage)
+        need = {"train"} if "train" in wanted or ("val" in wanted and self.val_split == "train") else set()
+        if "test" in wanted or ("val" in wanted and self.val_split == "test"):
+            need.add("test")
+        arrays = {s: self.arrays(s) for s in sorted(need)}
+        labels = {s: y.numpy() for s, (_, y) in arrays.items()}
+        out: dict[str, Dataset] = {}
+        if "val" in wanted or "train" in wanted:
+            keep, val = _split_val(self.val_split, self.val_size, labels.get("train"), labels.get("test"))
+            x, y = arrays[self.val_split]
+            if "val" in wanted:
+                val_t = torch.from_numpy(val)
+                out["val"] = UInt8ImageDataset(x[val_t], y[val_t], image_size=self.image_size)
+            if "train" in wanted:
+                x, y = arrays["train"]
+                if keep is not None:
+                    keep_t = torch.from_numpy(keep)
+                    x, y = x[keep_t], y[keep_t]
+                out["train"] = UInt8ImageDataset(x, y, image_size=self.image_size)
+        if "test" in wanted:
+            out["test"] = UInt8ImageDataset(*arrays["test"], image_size=self.image_size)
+        return out

@@ -1,0 +1,410 @@
+"""The shared-noise ELBO scorer: per-draw denoising errors of (image, class) pairs, in plain torch.
+
+A diffusion classifier scores class ``c`` of image ``x`` by the mean over draws ``(t_k, eps_k)`` of
+``|| eps_k - eps_theta(sqrt(abar_t) x + sqrt(1 - abar_t) eps_k, t_k, c) ||`` (mean over C, H, W;
+squared for ``l2``). Every class of one image is scored on the *same* draws, so comparisons
+between classes are paired and most of the noise cancels.
+
+Design choices and why:
+
+- **Draws depend only on ``(seed, dataset index)``** (or only on ``seed`` with ``noise="shared"``,
+  the DiT paper's fixed bank). Each draw ``k`` of image ``i`` has its own CPU generator seeded from
+  ``(seed, i, k)``, so a draw never depends on the batch it came in, the device, the order of
+  calls, or which other draws were asked for: predictions are identical for batch size 1 and 64,
+  across ranks and across restarts, and a strategy can score draws ``[50, 100)`` without
+  generating ``[0, 50)`` again.
+- **Draw order spreads every prefix over the whole timestep range.** Strategies score prefixes of
+  the ``max_draws`` draws (successive elimination scores the first 50, then the first 100, ...).
+  If the grid were visited in ascending order, the first 50 of 500 draws would all lie in the
+  lowest tenth of ``[0, T)``, where the classes are hardly distinguishable. The grid positions
+  (or strata) are therefore visited in bit-reversed (van der Corput) order: the first ``2^j``
+  draws are an even sub-grid, and any prefix of length ``m`` leaves no gap wider than four times
+  ``(hi - lo) / m`` (under three in practice; tests/test_scoring.py checks it). Scoring all ``n``
+  draws uses exactly the reference grid ``t = lo + (hi-lo)//n//2 + k*(hi-lo)//n`` when ``n``
+  divides ``hi - lo`` (see :func:`even_grid`).
+- **One flat loop over (image, class, draw) triples** in chunks of ``batch_size``: the denoiser
+  always sees full batches whatever the mix of images and surviving classes. ``x_t`` is built by
+  gathering inside the chunk; all indices are made once per call and nothing is copied to the
+  host inside the loop. Errors are computed and stored in fp32 even when the denoiser runs under
+  bf16 autocast.
+- **Results live in a** :class:`ScoreTable` holding every per-draw error (NaN where not scored):
+  the paired t-test needs classes paired on the same draws, and sums, squared sums and counts
+  (what any strategy needs to continue a table later) are derived from it deterministically,
+  never accumulated with atomics whose order could change the last bits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from diffclf.diffusion.schedule import NoiseSchedule
+
+Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+DESIGNS = ("even", "stratified", "uniform")
+NOISES = ("per_image", "shared")
+ERRORS = ("l2", "l1")
+WEIGHTINGS = ("none", "exp")
+
+_MASK64 = (1 << 64) - 1
+_STREAM_T = 1
+_STREAM_EPS = 2
+_SHARED_KEY = -1
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 finaliser over each part): decorrelates nearby keys."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p & _MASK64)) & _MASK64
+        h = (h * 0xBF58476D1CE4E5B9) & _MASK64
+        h ^= h >> 27
+        h = (h * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+def spread_order(n: int) -> list[int]:
+    """Positions ``0..n-1`` in bit-reversed (van der Corput) order, so every prefix covers the range."""
+    if n < 1:
+        raise ValueError(f"need n >= 1 positions, got {n}")
+    bits = max(1, (n - 1).bit_length())
+    rev = (int(format(k, f"0{bits}b")[::-1], 2) for k in range(1 << bits))
+    return [r for r in rev if r < n]
+
+
+def even_grid(n: int, lo: int, hi: int) -> list[int]:
+    """``n`` evenly spaced timesteps over ``[lo, hi)``, ascending: ``lo + (2k+1)(hi-lo) // (2n)``.
+
+    Whenever ``n`` divides ``hi - lo`` (250, 100, 500, 1000 ... of 1000 steps) this is exactly the
+    Diffusion Classifier grid ``lo + (hi-lo)//n//2 + k*(hi-lo)//n``. For other ``n`` the reference
+    formula crowds the grid into the low end (513 draws of 1000 steps become t = 0..512, and more
+    draws than steps collapse onto one t); the centred form keeps covering the whole range, each
+    timestep about ``n/(hi-lo)`` times (with different noise) when ``n > hi - lo``.
+    """
+    return [lo + ((2 * k + 1) * (hi - lo)) // (2 * n) for k in range(n)]
+
+
+@dataclass
+class ScoreTable:
+    """Per-draw errors of each image's candidate classes.
+
+    Attributes:
+        candidates: ``(B, M)`` long model class ids scored for each image.
+        errors: ``(B, M, max_draws)`` fp32 error of each candidate on each draw; NaN where not scored.
+        forwards: ``(B,)`` long denoiser evaluations spent on each image.
+        horizon: draws ``[0, horizon)`` hold every scored entry (bounds the reductions).
+    """
+
+    candidates: Tensor
+    errors: Tensor
+    forwards: Tensor
+    horizon: int = 0
+
+    def _scored(self) -> Tensor:
+        return self.errors[:, :, : max(self.horizon, 1)]
+
+    @property
+    def counts(self) -> Tensor:
+        """``(B, M)`` long: draws scored for each candidate."""
+        return (~torch.isnan(self._scored())).sum(dim=-1)
+
+    def sums(self) -> Tensor:
+        """``(B, M)`` fp32 sum of the scored errors (0 where none)."""
+        return torch.nansum(self._scored(), dim=-1)
+
+    def sq_sums(self) -> Tensor:
+        """``(B, M)`` fp32 sum of the squared scored errors (0 where none)."""
+        return torch.nansum(self._scored().square(), dim=-1)
+
+    def mean_error(self) -> Tensor:
+        """``(B, M)`` fp32 mean scored error; NaN where nothing was scored."""
+        counts, sums = self.counts, self.sums()
+        return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))
+
+
+class Scorer:
+    """Scores (image, candidate class) pairs on deterministic draws with one denoiser.
+
+    Args:
+        denoise: ``denoise(x_t, t, y) -> (N, C_out, H, W)``; with ``C_out > in_channels`` (learned
+            sigma) only the first ``in_channels`` channels are the eps prediction.
+        schedule: the noise schedule the denoiser was trained with.
+        in_channels: channels of ``x`` (pixels or latents).
+        max_draws: draws available per image; strategies score prefixes of them.
+        design: timesteps ``even`` (reference grid), ``stratified`` (one uniform draw per stratum)
+            or ``uniform`` (iid), over ``t_range`` (default ``[0, T)``).
+        noise: ``per_image`` draws from ``(seed, index)``; ``shared`` one bank from ``seed`` (DiT paper).
+        error: ``l2`` (mean squared) or ``l1`` (mean absolute) over C, H, W.
+        weighting: ``none``, or ``exp``: Clark & Jaini's ``exp(-rate t/T)`` in x0-space, i.e.
+            ``exp(-rate t/T) / SNR(t)`` on the eps error.
+        weight_rate: the ``rate`` of ``exp`` weighting.
+        t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)``.
+        batch_size: denoiser evaluations per forward.
+        autocast_dtype: run the denoiser under ``torch.autocast`` with this dtype (errors stay fp32).
+        seed: the draws depend only on this seed and the dataset index.
+        num_classes: classes of the denoiser (default: its ``num_classes`` attribute).
+    """
+
+    def __init__(
+        self,
+        denoise: Denoiser,
+        schedule: NoiseSchedule,
+        in_channels: int,
+        *,
+        max_draws: int,
+        design: Literal["even", "stratified", "uniform"] = "even",
+        noise: Literal["per_image", "shared"] = "per_image",
+        error: Literal["l2", "l1"] = "l2",
+        weighting: Literal["none", "exp"] = "none",
+        weight_rate: float = 7.0,
+        t_range: tuple[int, int] | None = None,
+        batch_size: int = 512,
+        autocast_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        num_classes: int | None = None,
+    ) -> None:
+        for name, value, allowed in (
+            ("design", design, DESIGNS),
+            ("noise", noise, NOISES),
+            ("error", error, ERRORS),
+            ("weighting", weighting, WEIGHTINGS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"scoring {name} must be one of {', '.join(allowed)}; got {value!r}")
+        if max_draws < 1:
+            raise ValueError(f"max_draws must be >= 1, got {max_draws}")
+        if batch_size < 1:
+            raise ValueError(f"score batch_size must be >= 1, got {batch_size}")
+        T = schedule.num_timesteps
+        lo, hi = (0, T) if t_range is None else (int(t_range[0]), int(t_range[1]))
+        if not 0 <= lo < hi <= T:
+            raise ValueError(f"t_range must satisfy 0 <= lo < hi <= {T}, got ({lo}, {hi})")
+        if num_classes is None:
+            num_classes = getattr(denoise, "num_classes", None)
+        if num_classes is None or int(num_classes) < 1:
+            raise ValueError(
+                "Scorer needs num_classes (pass it, or give the denoiser a num_classes attribute)"
+            )
+        self.denoise = denoise
+        self.schedule = schedule
+        self.in_channels = int(in_channels)
+        self.max_draws = int(max_draws)
+        self.design = design
+        self.noise_mode = noise
+        self.error = error
+        self.weighting = weighting
+        self.weight_rate = float(weight_rate)
+        self.t_range = (lo, hi)
+        self.batch_size = int(batch_size)
+        self.autocast_dtype = autocast_dtype
+        self.seed = int(seed)
+        self.num_classes = int(num_classes)
+        self._order = torch.tensor(spread_order(self.max_draws), dtype=torch.long)
+        self._grid = torch.tensor(even_grid(self.max_draws, lo, hi), dtype=torch.long)[self._order]
+        self._shared_t = self._draw_t(_SHARED_KEY) if noise == "shared" else None
+        self._last_device: torch.device | None = None
+        self._device_tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    # ------------------------------------------------------------------ where it runs
+    @property
+    def device(self) -> torch.device:
+        """Where the denoiser's parameters live (also for a bound method of a module), else where
+        the scorer last ran (CPU before its first call)."""
+        owner = (
+            self.denoise if isinstance(self.denoise, nn.Module) else getattr(self.denoise, "__self__", None)
+        )
+        if isinstance(owner, nn.Module):
+            for p in owner.parameters():
+                return p.device
+        return self._last_device if self._last_device is not None else torch.device("cpu")
+
+    def _tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """``sqrt(abar)``, ``sqrt(1 - abar)`` and per-timestep error weights, fp32 on ``device`` (cached)."""
+        if device not in self._device_tables:
+            s = self.schedule
+            if self.weighting == "exp":
+                t = torch.arange(s.num_timesteps, dtype=torch.float64)
+                snr = s.alphas_cumprod / (1.0 - s.alphas_cumprod)
+                weights = torch.exp(-self.weight_rate * t / s.num_timesteps) / snr
+            else:
+                weights = torch.ones(s.num_timesteps, dtype=torch.float64)
+            self._device_tables[device] = tuple(
+                v.to(device=device, dtype=torch.float32)
+                for v in (s.sqrt_alphas_cumprod, s.sqrt_one_minus_alphas_cumprod, weights)
+            )
+        return self._device_tables[device]
+
+    def weights(self) -> Tensor:
+        """``(T,)`` fp32 factor each timestep's error is multiplied by (ones without weighting)."""
+        return self._tables(torch.device("cpu"))[2]
+
+    # ------------------------------------------------------------------ the draws
+    def _draw_t(self, key: int) -> Tensor:
+        """All ``max_draws`` timesteps for one key (a dataset index, or the shared bank), in draw order."""
+        if self.design == "even":
+            return self._grid
+        lo, hi = self.t_range
+        gen = torch.Generator().manual_seed(_mix(self.seed, key, _STREAM_T))
+        u = torch.rand(self.max_draws, generator=gen, dtype=torch.float64)
+        if self.design == "stratified":
+            pos = (self._order.double() + u) * (hi - lo) / self.max_draws
+        else:
+            pos = u * (hi - lo)
+        return (lo + pos.floor().long()).clamp(lo, hi - 1)
+
+    def _check_range(self, start: int, stop: int) -> None:
+        if not 0 <= start <= stop <= self.max_draws:
+            raise ValueError(
+                f"draws [{start}, {stop}) outside the scorer's [0, {self.max_draws}) (max_draws)"
+            )
+
+    def timesteps(self, index: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """``(B, stop-start)`` long CPU timesteps of draws ``[start, stop)`` of each dataset index."""
+        stop = self.max_draws if stop is None else stop
+        self._check_range(start, stop)
+        keys = [_SHARED_KEY] * len(index) if self.noise_mode == "shared" else [int(i) for i in index.tolist()]
+        if self.design == "even" or self.noise_mode == "shared":
+            row = self._grid if self.design == "even" else self._shared_t
+            return row[start:stop].unsqueeze(0).expand(len(keys), -1).clone()
+        if not keys:
+            return torch.empty(0, stop - start, dtype=torch.long)
+        return torch.stack([self._draw_t(k)[start:stop] for k in keys])
+
+    def _draw_eps(self, key: int, start: int, stop: int, shape: tuple[int, ...], out: Tensor) -> None:
+        gen = torch.Generator()
+        for j, k in enumerate(range(start, stop)):
+            gen.manual_seed(_mix(self.seed, key, k, _STREAM_EPS))
+            torch.randn(shape, generator=gen, out=out[j])
+
+    def noise(self, index: Tensor, start: int, stop: int, shape: tuple[int, ...] | torch.Size) -> Tensor:
+        """``(B, stop-start, *shape)`` fp32 CPU noise of draws ``[start, stop)`` of each dataset index."""
+        self._check_range(start, stop)
+        shape = tuple(shape)
+        if self.noise_mode == "shared":
+            bank = torch.empty(stop - start, *shape)
+            self._draw_eps(_SHARED_KEY, start, stop, shape, bank)
+            return bank.unsqueeze(0).expand(len(index), *bank.shape).clone()
+        out = torch.empty(len(index), stop - start, *shape)
+        for row, i in enumerate(index.tolist()):
+            self._draw_eps(int(i), start, stop, shape, out[row])
+        return out
+
+    # ------------------------------------------------------------------ tables
+    def check_candidates(self, candidates: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        """Candidates as a ``(B, M)`` long tensor on ``device``; rejects ids outside the model's classes."""
+        if candidates is None:
+            cand = torch.arange(self.num_classes, device=device)
+        else:
+            cand = torch.as_tensor(candidates, device=device)
+            if cand.dtype.is_floating_point or cand.dtype == torch.bool:
+                raise ValueError(f"candidates must be integer class ids, got dtype {cand.dtype}")
+            cand = cand.long()
+        if cand.dim() == 1:
+            cand = cand.unsqueeze(0).expand(batch, -1)
+        if cand.dim() != 2 or cand.shape[0] != batch or cand.shape[1] == 0:
+            raise ValueError(
+                f"candidates must be (M,) or (B={batch}, M) with M >= 1, got shape {tuple(cand.shape)}"
+            )
+        lo, hi = (int(v) for v in torch.stack([cand.min(), cand.max()]).tolist())
+        if lo < 0 or hi >= self.num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"candidate class id {bad} is outside the model's classes [0, {self.num_classes})"
+            )
+        return cand.contiguous()
+
+    def new_table(self, x: Tensor, candidates: Tensor | None = None) -> ScoreTable:
+        """An empty table for ``x``'s images over ``candidates`` (``(M,)``, ``(B, M)``, None = all)."""
+        cand = self.check_candidates(candidates, x.shape[0], x.device)
+        B, M = cand.shape
+        return ScoreTable(
+            candidates=cand,
+            errors=torch.full((B, M, self.max_draws), math.nan, dtype=torch.float32, device=x.device),
+            forwards=torch.zeros(B, dtype=torch.long, device=x.device),
+        )
+
+    # ------------------------------------------------------------------ the engine
+    @torch.no_grad()
+    def score(
+        self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None
+    ) -> int:
+        """Score draws ``[start, stop)`` of every active (image, candidate) pair into ``table``.
+
+        ``x`` ``(B, C, H, W)`` is what the denoiser sees; ``index`` ``(B,)`` the dataset indices that
+        fix the draws; ``active`` ``(B, M)`` bool selects pairs (default all). Returns the denoiser
+        evaluations spent (also added to ``table.forwards`` per image).
+        """
+        self._check_range(start, stop)
+        B, M = table.candidates.shape
+        if x.shape[0] != B or index.shape != (B,):
+            raise ValueError(
+                f"x {tuple(x.shape)} and index {tuple(index.shape)} do not match the table's {B} images"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x has {x.shape[1]} channels but the scorer was built for {self.in_channels}")
+        device = x.device
+        self._last_device = device
+        if active is None:
+            active = torch.ones(B, M, dtype=torch.bool, device=device)
+        D = stop - start
+        pairs = active.nonzero().cpu()  # host syncs happen here, once per call, never in the loop
+        P = pairs.shape[0]
+        if P == 0 or D == 0:
+            return 0
+        # Draws only for the images that have an active pair; rows of eps/t follow `used`.
+        used = sorted(set(pairs[:, 0].tolist()))
+        row_of = torch.full((B,), -1, dtype=torch.long)
+        row_of[used] = torch.arange(len(used))
+        used_index = index.cpu()[used]
+        shape = tuple(x.shape[1:])
+        shared = self.noise_mode == "shared"
+        eps = (
+            self.noise(used_index[:1], start, stop, shape)[0]
+            if shared
+            else self.noise(used_index, start, stop, shape)
+        )
+        t_rows = self.timesteps(used_index, start, stop)
+        eps = eps.to(device)
+        t_rows = t_rows.to(device)
+        pair_b = pairs[:, 0].to(device)
+        pair_m = pairs[:, 1].to(device)
+        pair_r = row_of[pairs[:, 0]].to(device)
+        sqrt_ab, sqrt_1mab, weights = self._tables(device)
+        xf = x.float()
+        cand = table.candidates
+        errors = table.errors
+        C = self.in_channels
+        autocast = (
+            torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        total = P * D
+        offsets = torch.arange(min(self.batch_size, total), device=device)
+        for s in range(0, total, self.batch_size):
+            n = offsets[: min(self.batch_size, total - s)] + s
+            p, k = n // D, n % D
+            b, m, r = pair_b[p], pair_m[p], pair_r[p]
+            t = t_rows[r, k]
+            e = eps[k] if shared else eps[r, k]
+            x_t = sqrt_ab[t].view(-1, 1, 1, 1) * xf[b] + sqrt_1mab[t].view(-1, 1, 1, 1) * e
+            with autocast:
+                out = self.denoise(x_t, t, cand[b, m])
+            if out.shape[1] < C:
+                raise ValueError(f"the denoiser returned {out.shape[1]} channels, fewer than in_channels={C}")
+            diff = out[:, :C].float() - e
+            err = diff.square().mean(dim=(1, 2, 3)) if self.error == "l2" else diff.abs().mean(dim=(1, 2, 3))
+            if self.weighting != "none":
+                err = err * weights[t]
+            errors[b, m, k + start] = err
+        table.forwards += active.sum(dim=1) * D
+        table.horizon = max(table.horizon, stop)
+        return total

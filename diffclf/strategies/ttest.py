@@ -1,0 +1,116 @@
+"""Paired t-test pruning (Clark & Jaini): stop scoring a class once it is significantly worse
+than the best."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy import stats
+from torch import Tensor
+
+from diffclf.diffusion.scoring import Scorer
+from diffclf.strategies.base import Classification, Strategy, from_table
+
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def paired_t_statistic(a: Tensor, b: Tensor) -> Tensor:
+    """Paired t statistic of ``a - b`` over the last dimension, as ``scipy.stats.ttest_rel`` computes it.
+
+    ``t = mean(d) / sqrt(var(d, ddof=1) / n)`` in float64: ``+inf`` for a constant positive
+    difference, NaN for identical draws (0/0; scipy's p-value is then NaN and nothing is dropped).
+    """
+    d = a.double() - b.double()
+    n = d.shape[-1]
+    return d.mean(dim=-1) / torch.sqrt(d.var(dim=-1, correction=1) / n)
+
+
+def critical_t(alpha: float, n: int) -> float:
+    """One-sided critical value: ``p < alpha`` exactly when ``t > critical_t(alpha, n)`` (``n - 1`` dof).
+
+    ``t.isf(alpha)`` is ``t.ppf(1 - alpha)`` without the rounding of ``1 - alpha``; computed on the host
+    once per round so the statistics themselves stay on the device.
+    """
+    return float(stats.t.isf(alpha, n - 1))
+
+
+class PairedTTest(Strategy):
+    """Rounds of ``round_size`` draws for every remaining class, pruning with one-sided paired t-tests.
+
+    Once the remaining classes have ``>= min_trials`` draws, each is tested against the current best
+    (lowest mean error) on their shared draws (``H1``: its errors are larger); classes with
+    ``p < alpha`` are dropped. An image stops at one class or at ``max_trials`` draws. The number of
+    forwards spent is itself a confidence signal.
+
+    Args:
+        alpha: significance level of each test.
+        min_trials: draws before the first test (>= 2).
+        max_trials: most draws any class gets.
+        round_size: draws added per round.
+    """
+
+    def __init__(
+        self, alpha: float = 0.002, min_trials: int = 20, max_trials: int = 2000, round_size: int = 10
+    ) -> None:
+        if not 0.0 < alpha < 0.5:
+            raise ValueError(f"PairedTTest alpha must be in (0, 0.5), got {alpha}")
+        if min_trials < 2:
+            raise ValueError(
+                f"PairedTTest min_trials must be >= 2 (a t-test needs two draws), got {min_trials}"
+            )
+        if max_trials < min_trials:
+            raise ValueError(f"PairedTTest max_trials must be >= min_trials={min_trials}, got {max_trials}")
+        if round_size < 1:
+            raise ValueError(f"PairedTTest round_size must be >= 1, got {round_size}")
+        self.alpha = float(alpha)
+        self.min_trials = int(min_trials)
+        self.max_trials = int(max_trials)
+        self.round_size = int(round_size)
+
+    @property
+    def max_draws(self) -> int:
+        return self.max_trials
+
+    def _drop(self, errors: Tensor, remaining: Tensor, n: int) -> Tensor:
+        """``(B, M)``: classes of ``remaining`` significantly worse than their image's best on ``[0, n)``."""
+        errs = errors[:, :, :n]
+        mean = errs.mean(dim=-1).masked_fill(~remaining, math.inf)
+        best = mean.argmin(dim=1)
+        b_err = errs.gather(1, best.view(-1, 1, 1).expand(-1, 1, n))
+        crit = critical_t(self.alpha, n)
+        B, M = remaining.shape
+        step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
+        drop = torch.zeros_like(remaining)
+        for m0 in range(0, M, step):
+            t = paired_t_statistic(errs[:, m0 : m0 + step], b_err)
+            drop[:, m0 : m0 + step] = t > crit
+        return drop & remaining
+
+    def classify(
+        self,
+        scorer: Scorer,
+        x: Tensor,
+        index: Tensor,
+        candidates: Tensor | None = None,
+        images: Tensor | None = None,
+    ) -> Classification:
+        """Rounds until every image is down to one class or at ``max_trials``; ``stage`` = rounds survived."""
+        self._check_scorer(scorer)
+        table = scorer.new_table(x, candidates)
+        B, M = table.candidates.shape
+        remaining = torch.ones(B, M, dtype=torch.bool, device=x.device)
+        finished = remaining.sum(dim=1) <= 1
+        stage = torch.zeros(B, M, device=x.device)
+        n, rounds = 0, 0
+        while n < self.max_trials:
+            stop = min(n + self.round_size, self.max_trials)
+            active = remaining & ~finished.unsqueeze(1)
+            if scorer.score(table, x, index, n, stop, active) == 0:  # its one host sync: all images done
+                break
+            n, rounds = stop, rounds + 1
+            stage = torch.where(active, float(rounds), stage)
+            if n >= self.min_trials:
+                remaining &= ~self._drop(table.errors, active, n)
+            finished = finished | (remaining.sum(dim=1) <= 1)
+        return from_table(table, stage + remaining.float())
