@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from diffclf.evaluation import (
     ClassificationMetrics,
+    check_run_outputs,
     finish_test,
     group_index,
     label_space_scores,
@@ -128,6 +129,12 @@ class TimmClassifier(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the resolved network config, so ``load_classifier`` rebuilds it without Lightning."""
         checkpoint["classifier_config"] = dict(self.model.config)
+
+    def on_fit_start(self) -> None:
+        check_run_outputs(self, "fit")
+
+    def on_test_start(self) -> None:
+        check_run_outputs(self, "test")
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics = ClassificationMetrics(self.label_space.num_classes).to(self.device)

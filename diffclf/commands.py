@@ -83,6 +83,7 @@ def cache_latents(
     device: str = "auto",
     dtype: str = "float32",
     num_workers: int = 0,
+    limit: int | None = None,
 ) -> str:
     """Encode a dataset split with an SD-VAE once (both flips) for fast latent-space training.
 
@@ -97,6 +98,8 @@ def cache_latents(
         device: ``auto``, ``cpu`` or ``cuda``.
         dtype: storage type of the latent moments (``float32``, ``float16``, ``bfloat16``).
         num_workers: data loader workers.
+        limit: cache only the first ``limit`` images of the split (quick runs, tests); indices are
+            their positions in the split.
     """
     import torch
 
@@ -110,14 +113,19 @@ def cache_latents(
     splits = dm.build_datasets(stage)
     if split not in splits:
         raise SystemExit(f"error: --split {split}: data {data} has no {split} split")
+    if limit is not None and limit < 1:
+        raise SystemExit(f"error: --limit {limit}: must be >= 1 (or left out for the whole split)")
+    dataset = splits[split]
+    subset = None if limit is None else range(min(limit, len(dataset)))
+    dataset = IndexedDataset(dataset, subset=subset)
     space = dm.label_space
     meta = {"dataset": dm.name, "names": list(space.names), "model_classes": [list(c) for c in space.model_classes],
             "num_model_classes": space.num_model_classes, "label_space": space.name}
     dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    path = write_cache(IndexedDataset(splits[split]), vae, out, batch_size=batch_size, device=dev,
+    path = write_cache(dataset, vae, out, batch_size=batch_size, device=dev,
                        image_size=dm.image_size, crop=getattr(getattr(dm, "transform", None), "crop", "none"), meta=meta, dtype=dtype,
                        num_workers=num_workers)
-    print(f"latent cache of {len(splits[split])} images (both flips) written to {path}")
+    print(f"latent cache of {len(dataset)} images (both flips) written to {path}")
     return str(path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import os
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -277,6 +278,46 @@ def group_index(model_classes: Sequence[Sequence[int]]) -> Tensor:
 def label_space_scores(logits: Tensor, index: Tensor) -> Tensor:
     """Model-class logits ``(B, M)`` → label-space scores ``(B, K)``: each class takes its best id."""
     return logits[:, index.to(logits.device)].amax(dim=-1)
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Fail now, naming the option, if ``folder`` cannot take a file (unwritable, full disk, not a folder).
+
+    Classification runs for hours before it writes anything; a probe write at the start turns a lost
+    result into an immediate one-line error.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".diffclf-probe-{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"{what} {path}: cannot write there ({err.strerror or err}); fix it before spending compute") from None
+
+
+def check_run_outputs(module: LightningModule, stage: str) -> None:
+    """Probe every folder this run will write results or checkpoints to (global rank 0 only)."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or not trainer.is_global_zero:
+        return
+    hp = dict(getattr(module, "hparams", {}) or {})
+    if stage == "fit":
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                check_writable(cb.dirpath, "checkpoint folder (ModelCheckpoint dirpath)")
+        return
+    if hp.get("results_dir"):
+        check_writable(hp["results_dir"], "model.results_dir")
+    elif trainer.log_dir:
+        check_writable(trainer.log_dir, "the logger's folder")
+    if hp.get("results_file"):
+        check_writable(Path(hp["results_file"]).parent, "model.results_file's folder")
 
 
 def finish_test(module: LightningModule, metrics: ClassificationMetrics, context: Mapping[str, Any]) -> dict:

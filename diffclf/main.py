@@ -7,7 +7,10 @@ Short names are rewritten to preset files before jsonargparse sees them:
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +51,20 @@ class DiffclfCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_model_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """Keep ``test``/``predict`` from overwriting the training run's logs.
+
+        Presets log to a fixed folder (``version: ""``) so that checkpoints and curves sit together;
+        an evaluation run with the same config would otherwise replace ``metrics.csv``.
+        """
+        if self.subcommand not in ("test", "predict", "validate"):
+            return
+        loggers = self.config[self.subcommand].trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            init = getattr(logger, "init_args", None)
+            if init is not None and getattr(init, "version", None) == "":
+                init.version = self.subcommand
+
 
 def _extra_commands() -> dict[str, Callable[[list[str]], object]]:
     from diffclf import commands
@@ -55,13 +72,38 @@ def _extra_commands() -> dict[str, Callable[[list[str]], object]]:
     return commands.COMMANDS
 
 
+# Errors that bad input raises (a missing file, a wrong layout, a mismatched checkpoint). The command
+# line shows them as one line; set DIFFCLF_TRACEBACK=1 to see where they came from.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, FloatingPointError)
+
+
 def main(args: list[str] | None = None) -> DiffclfCLI | object:
-    """Entry point of ``python cli.py``; ``args`` lets tests run it in-process."""
-    argv = list(sys.argv[1:] if args is None else args)
+    """Entry point of ``python cli.py``; ``args`` lets tests run it in-process (errors then propagate)."""
+    if args is not None or os.environ.get("DIFFCLF_TRACEBACK"):
+        return _main(list(sys.argv[1:] if args is None else args))
+    try:
+        return _main(list(sys.argv[1:]), from_command_line=True)
+    except USER_ERRORS as err:
+        raise SystemExit(f"error: {condense_error(str(err)) or type(err).__name__}") from None
+
+
+def condense_error(message: str) -> str:
+    """One line from an error message; jsonargparse's "does not validate against any of the Union
+    subtypes" wrapper is reduced to the reason our constructor gave."""
+    text = " ".join(message.split())
+    match = re.search(r"Errors: - (.*?)(?: - Expected a <class 'NoneType'>| - Given value type|$)", text)
+    return match.group(1).strip() if match and "Union subtypes" in text else text
+
+
+def _main(argv: list[str], from_command_line: bool = False) -> DiffclfCLI | object:
+    # The EMA copy is in eval mode on purpose; Lightning's warning about it is noise.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     extra = _extra_commands()
     if argv and argv[0] in extra:
         return extra[argv[0]](argv[1:])
     argv = rewrite_aliases(argv)
+    if from_command_line:  # LightningCLI reads sys.argv itself; hand it the rewritten arguments there
+        sys.argv[1:] = argv
     return DiffclfCLI(
         LightningModule,
         LightningDataModule,
@@ -69,5 +111,5 @@ def main(args: list[str] | None = None) -> DiffclfCLI | object:
         subclass_mode_data=True,
         trainer_defaults={"use_distributed_sampler": False},
         save_config_kwargs={"overwrite": True},
-        args=argv,
+        args=None if from_command_line else argv,
     )

@@ -20,7 +20,7 @@ from diffclf.diffusion.losses import diffusion_loss, sample_timesteps
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
 from diffclf.ema import ema_decay_at, make_ema, update_ema
-from diffclf.evaluation import ClassificationMetrics, finish_test, resolve_label_space
+from diffclf.evaluation import ClassificationMetrics, check_run_outputs, finish_test, resolve_label_space
 from diffclf.models.dit import DiT, create_dit
 from diffclf.strategies import Classification, Exhaustive, Strategy
 
@@ -304,6 +304,12 @@ class DiffusionClassifier(LightningModule):
         scores = torch.stack([rank[:, g].amax(dim=1) for g in groups], dim=1)
         probs = torch.stack([probs_m[:, g].sum(dim=1) for g in groups], dim=1)
         return result, scores, probs
+
+    def on_fit_start(self) -> None:
+        check_run_outputs(self, "fit")
+
+    def on_test_start(self) -> None:
+        check_run_outputs(self, "test")
 
     def on_test_epoch_start(self) -> None:
         self.test_metrics = ClassificationMetrics(self.label_space.num_classes).to(self.device)

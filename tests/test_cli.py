@@ -65,7 +65,7 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     second = torch.load(last, map_location="cpu", weights_only=False)
     assert second["global_step"] == 4
 
-    test_args = ["--trainer.limit_test_batches=1", "--data.init_args.eval_batch_size=8",
+    test_args = ["--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
                  "--model.init_args.strategy.init_args.trials=4"]
     main(["test", *cfg, *run, *test_args, f"--ckpt_path={last}"])
     record = json.loads((tmp_path / "results.json").read_text())
@@ -77,7 +77,7 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     assert record["ci_low"] <= record["accuracy"] <= record["ci_high"]
 
     preds = tmp_path / "preds.jsonl"
-    main(["predict", *cfg, *run, "--trainer.limit_predict_batches=1", "--data.init_args.eval_batch_size=8",
+    main(["predict", *cfg, *run, "--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
           "--model.init_args.strategy.init_args.trials=4", f"--ckpt_path={last}",
           "--trainer.callbacks+=diffclf.writer.PredictionWriter", f"--trainer.callbacks.output={preds}"])
     rows = [json.loads(line) for line in preds.read_text().splitlines()]

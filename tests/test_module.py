@@ -94,3 +94,62 @@ def test_label_space_of_another_size_is_refused(tmp_path: Path) -> None:
     module = _module(num_classes=12)
     with pytest.raises(ValueError, match="12 classes"):
         _trainer(tmp_path, max_steps=1).fit(module, datamodule=DigitsDataModule(batch_size=16))
+
+
+class _PoisonedDigits(DigitsDataModule):
+    """Digits whose training images turn NaN from a given batch on: a corrupt shard mid-run."""
+
+    def __init__(self, poison_from: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.poison_from = poison_from
+
+    def train_dataloader(self):  # noqa: ANN201 - a DataLoader-like generator is all Lightning needs
+        for i, (x, y, idx) in enumerate(super().train_dataloader()):
+            yield (torch.full_like(x, float("nan")) if i >= self.poison_from else x), y, idx
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    seed_everything(0)
+    ckpt_dir = tmp_path / "ckpt"
+    good = _trainer(tmp_path, max_steps=2, enable_checkpointing=True, num_sanity_val_steps=0,
+                    limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True)])
+    good.fit(_module(), datamodule=DigitsDataModule(batch_size=16))
+    last = ckpt_dir / "last.ckpt"
+    before = last.read_bytes()
+
+    resumed = _trainer(tmp_path, max_steps=6, enable_checkpointing=True, num_sanity_val_steps=0,
+                       limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=ckpt_dir, save_last=True)])
+    with pytest.raises(FloatingPointError, match="at global step 3"):
+        resumed.fit(_module(), datamodule=_PoisonedDigits(poison_from=1, batch_size=16), ckpt_path=last)
+    assert last.read_bytes() == before
+
+
+def test_unwritable_results_folder_fails_before_any_compute(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    module = _module(results_dir=str(blocker / "results"))
+    with pytest.raises(OSError, match="model.results_dir .*cannot write"):
+        _trainer(tmp_path).test(module, datamodule=DigitsDataModule(batch_size=16, eval_limit=4))
+
+
+def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    _, ckpt, _ = trained
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    seen: dict = {}
+
+    class Capture(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+            seen["step"] = trainer.global_step
+            seen["ema"] = {k: v.detach().clone() for k, v in pl_module.ema.state_dict().items()}
+
+    trainer = _trainer(tmp_path, max_steps=saved["global_step"] + 1, callbacks=[Capture()], num_sanity_val_steps=0,
+                       check_val_every_n_epoch=1000)
+    trainer.fit(_module(results_dir=str(tmp_path)), datamodule=DigitsDataModule(batch_size=128), ckpt_path=ckpt)
+    assert seen["step"] == saved["global_step"] == 400
+    for name, value in seen["ema"].items():
+        assert torch.equal(value, saved["state_dict"][f"ema.{name}"]), name
+    assert trainer.global_step == 401
