@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -45,11 +46,42 @@ def rewrite_aliases(argv: list[str], config_dir: Path = CONFIG_DIR) -> list[str]
     return out
 
 
+# Hyperparameters a checkpoint's weights depend on (DiffusionClassifier and TimmClassifier).
+WEIGHT_HPARAMS = frozenset({
+    "model", "input_size", "in_channels", "num_classes", "learn_sigma", "model_kwargs", "class_dropout_prob",
+    "num_timesteps", "beta_start", "beta_end", "class_names", "model_name", "in_chans", "img_size",
+})
+
+
 class DiffclfCLI(LightningCLI):
     """LightningCLI whose model learns its class count from the data module."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_model_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _parse_ckpt_path(self) -> None:
+        """Take from ``--ckpt_path`` only what its weights fix (architecture, classes, noise schedule).
+
+        Lightning's default applies *every* saved hyperparameter over the config, so a test with
+        ``--model.init_args.error l1`` or another ``results_dir`` would silently run with the values of
+        the training run. Evaluation options must come from the command line and config.
+        """
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        try:
+            ckpt = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint gets the same one-line answer
+            raise ValueError(f"--ckpt_path {ckpt_path}: not a readable checkpoint ({type(err).__name__})") from None
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        class_path = hparams.pop("_class_path", None)
+        fixed = {k: v for k, v in hparams.items() if k in WEIGHT_HPARAMS}
+        if not fixed:
+            return
+        model = {"class_path": class_path, "init_args": fixed} if class_path else {"init_args": fixed}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         """Keep ``test``/``predict`` from overwriting the training run's logs.

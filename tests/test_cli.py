@@ -65,8 +65,10 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     second = torch.load(last, map_location="cpu", weights_only=False)
     assert second["global_step"] == 4
 
+    # Evaluation options come from the command line, not from the training run's saved hparams.
     test_args = ["--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
-                 "--model.init_args.strategy.init_args.trials=4"]
+                 "--model.init_args.strategy.init_args.trials=4", "--model.init_args.seed=3",
+                 "--model.init_args.error=l1"]
     main(["test", *cfg, *run, *test_args, f"--ckpt_path={last}"])
     record = json.loads((tmp_path / "results.json").read_text())
     for key in ("dataset", "num_classes", "n", "correct", "accuracy", "ci_low", "ci_high", "ci_level",
@@ -74,6 +76,7 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
                 "strategy", "seed"):
         assert key in record, key
     assert record["n"] == 8 and record["forwards_per_image"] == 40
+    assert record["seed"] == 3 and record["scoring"]["error"] == "l1"
     assert record["ci_low"] <= record["accuracy"] <= record["ci_high"]
 
     preds = tmp_path / "preds.jsonl"

@@ -8,7 +8,7 @@ CLI and classifies held-out test images above chance; ``python cli.py export`` w
 ``DiTPipeline`` that loads offline, samples, and reads back with ``load_dit``.
 
 Observed on 2 CPU cores: 0.29–0.37 top-1 on 200 test images over seeds 0–3 (chance 0.10); the
-module takes about 35 s. Torch runs single-threaded here: on a loaded 2-core machine two OpenMP
+module takes about 20 s. Torch runs single-threaded here: on a loaded 2-core machine two OpenMP
 threads spin against each other and a tiny model's step gets ~50× slower.
 """
 

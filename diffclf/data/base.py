@@ -125,7 +125,7 @@ class ClassificationDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ samplers
     def _world(self) -> tuple[int, int]:
-        trainer = self._trainer if hasattr(self, "_trainer") else None
+        trainer = self.trainer
         if trainer is None:
             return 1, 0
         world, rank = trainer.world_size, trainer.global_rank
