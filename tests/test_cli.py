@@ -10,7 +10,10 @@ import torch
 
 from diffclf.main import CONFIG_DIR, main, rewrite_aliases
 
-ROOT_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+ROOT_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml")) + sorted((CONFIG_DIR / "baselines").glob("*.yaml"))
+# Configs whose data exists on this machine (digits is embedded; Fashion-MNIST comes from Debian's package).
+LOCAL_DATA_CONFIGS = [p for p in ROOT_CONFIGS if p.stem in ("quickstart", "fashion_mnist") or "fashion_mnist_" in p.stem]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 FAST = [
     "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
     "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
@@ -21,6 +24,7 @@ FAST = [
 def _tmp_run(tmp_path: Path) -> list[str]:
     ckpt_dir = tmp_path / "ckpt"
     return [
+        f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--trainer.callbacks.init_args.dirpath={ckpt_dir}",
         f"--model.init_args.results_dir={tmp_path}",
@@ -33,6 +37,15 @@ def test_every_root_config_parses(config: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code in (0, None)
+
+
+@pytest.mark.parametrize("config", LOCAL_DATA_CONFIGS, ids=lambda p: p.stem)
+def test_every_config_with_local_data_runs_a_few_steps(config: Path, tmp_path: Path) -> None:
+    if "fashion" in config.stem and not FASHION.is_dir():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    fast = [a for a in FAST if "sample_every" not in a or "DiffusionClassifier" in config.read_text()]
+    main(["fit", "--config", str(config), *_tmp_run(tmp_path), *fast, "--data.init_args.num_workers=0"])
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONFIG_DIR / "strategy").glob("*.yaml")))

@@ -39,7 +39,7 @@ class CachedLatentsDataModule(ClassificationDataModule):
         test_cache: cache to classify (posterior mean, no flip).
         vae: the VAE folder the caches must have been made with (checked by fingerprint).
         image_size: pixel resolution the caches must have been made at (checked).
-        crop: crop the caches must have been made with (checked).
+        crop: crop the caches must have been made with (checked when given; `adm` for ImageNet, `none` for the small datasets).
         batch_size, eval_batch_size, num_workers, seed, eval_limit: see ClassificationDataModule.
     """
 
@@ -52,7 +52,7 @@ class CachedLatentsDataModule(ClassificationDataModule):
         test_cache: str | None = None,
         vae: str | None = None,
         image_size: int | None = None,
-        crop: str | None = "adm",
+        crop: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
