@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The Fashion-MNIST robustness study: timm baselines and a diffusion classifier, ID (fashion_mnist)
+# and OOD (fashion_mnist_c, fashion_mnist_hard), 99.5% Clopper-Pearson intervals, effective robustness.
+#   bash benchmarks/robustness_fashion.sh DIT_CKPT [OUT]        (CPU: about an hour on 2 cores; N and C_LIMIT set the sizes)
+# DIT_CKPT is a DiffusionClassifier checkpoint trained with configs/fashion_mnist.yaml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIT=${1:?usage: robustness_fashion.sh DIT_CKPT [OUT]}
+OUT=${2:-runs/robustness_fashion}
+N=${N:-200}            # images per dataset (the same first N for every model)
+C_LIMIT=${C_LIMIT:-8}  # fashion_mnist_c: the first C_LIMIT test images under each corruption x severity (8 x 3 x 8 = 192)
+RESULTS=$OUT/results.jsonl
+mkdir -p "$OUT"
+common=(--trainer.enable_progress_bar=false --data.init_args.num_workers=0)
+
+# Discriminative baselines with different architectures and training budgets (steps of batch 128).
+declare -A BUDGET=([resnet18]=300 [resnet34]=150 [resnet50]=100 [vit_tiny]=150 [convnext_atto]=150)
+for m in resnet18 resnet34 resnet50 vit_tiny convnext_atto; do
+  cfg=configs/baselines/fashion_mnist_$m.yaml
+  d=$OUT/baselines/$m
+  [ -f "$d/ckpt/last.ckpt" ] || python cli.py fit --config "$cfg" "${common[@]}" --trainer.max_epochs=1 \
+    --trainer.limit_train_batches="${BUDGET[$m]}" --trainer.default_root_dir="$d" \
+    --trainer.logger.init_args.save_dir="$d" --trainer.callbacks.init_args.dirpath="$d/ckpt"
+done
+
+# The shifts: corruptions, and the test images the first baseline misclassifies (ImageNet-A's recipe).
+[ -f data/shifts/fashion_mnist_c/meta.json ] || python cli.py build-shift --name fashion_mnist_c \
+  --out data/shifts/fashion_mnist_c --limit "$C_LIMIT"
+[ -f data/shifts/fashion_mnist_hard/meta.json ] || python cli.py build-shift --name fashion_mnist_hard \
+  --out data/shifts/fashion_mnist_hard --reference "$OUT/baselines/resnet18/ckpt/last.ckpt"
+
+for data in fashion_mnist fashion_mnist_c fashion_mnist_hard; do
+  for m in resnet18 resnet34 resnet50 vit_tiny convnext_atto; do
+    d=$OUT/baselines/$m
+    python cli.py test --config configs/baselines/fashion_mnist_$m.yaml --data "$data" "${common[@]}" \
+      --data.init_args.eval_limit="$N" --trainer.default_root_dir="$d/$data" --trainer.logger=false \
+      --model.init_args.results_dir="$d/$data" --model.init_args.results_file="$RESULTS" \
+      --ckpt_path="$d/ckpt/last.ckpt"
+  done
+  python cli.py test --config configs/fashion_mnist.yaml --data "$data" "${common[@]}" \
+    --data.init_args.eval_limit="$N" --data.init_args.eval_batch_size=50 --trainer.logger=false \
+    --trainer.default_root_dir="$OUT/dit/$data" --model.init_args.results_dir="$OUT/dit/$data" \
+    --model.init_args.results_file="$RESULTS" --model.init_args.label=DiT-T/4 --model.init_args.ci_level=0.995 \
+    --model.strategy adaptive_fashion --ckpt_path="$DIT"
+done
+
+python cli.py report --results "$RESULTS" --out "$OUT/report" --id_dataset fashion_mnist --level 0.995

@@ -1,0 +1,505 @@
+"""Selection strategies against the exhaustive reference on a whole test split.
+
+    python benchmarks/strategies.py --ckpt_path CKPT --data digits --out benchmarks/results/strategies_digits
+
+Classifies every image of the data module's test split with each strategy through the same
+``DiffusionClassifier.classify`` that ``python cli.py test`` uses, and records per strategy: top-1
+accuracy with its exact Clopper-Pearson interval, denoiser forwards per image (and as % of the
+exhaustive reference's), seconds per image, agreement with the reference's predictions and the
+accuracy difference in points. Writes ``OUT.json`` and ``OUT.md``.
+
+The reference (the first strategy, ``Exhaustive``) also keeps every per-draw error. Since the draws
+of an image depend only on (seed, dataset index, max_draws), any strategy whose ``max_draws`` equals
+the reference's sees exactly those errors, so ``--sweep`` replays many more schedules through the
+real strategy code on a scorer that reads the reference table instead of calling the denoiser
+(accuracy and forwards only, no timing). The replay of every live strategy is checked against
+its live run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from diffclf.commands import load_datamodule  # noqa: E402
+from diffclf.diffusion.scoring import Scorer, ScoreTable  # noqa: E402
+from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
+from diffclf.module import DiffusionClassifier, describe_strategy  # noqa: E402
+from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Strategy  # noqa: E402
+
+TRAINING_BUDGET = (
+    "python cli.py fit --config configs/quickstart.yaml (DiT-T/2 8x8x1, 0.8M parameters, "
+    "150 epochs = 1650 steps of batch 128 on the 1437 training images, AdamW lr 1e-3, "
+    "EMA 0.999; about 2.5 minutes on 2 CPU cores alone)"
+)
+
+
+def default_strategies() -> list[tuple[str, Strategy]]:
+    """The reference first, then the schedules the issue asks for (all with max_draws = 100)."""
+    return [
+        ("exhaustive", Exhaustive(trials=100)),
+        ("adaptive [2,1]x[10,100]", Adaptive(keep=[2, 1], trials=[10, 100])),
+        ("adaptive [3,1]x[5,100]", Adaptive(keep=[3, 1], trials=[5, 100])),
+        ("adaptive [4,2,1]x[5,20,100]", Adaptive(keep=[4, 2, 1], trials=[5, 20, 100])),
+        ("ttest a=0.002 min=20", PairedTTest(alpha=0.002, min_trials=20, max_trials=100, round_size=10)),
+        ("ttest a=0.05 min=10", PairedTTest(alpha=0.05, min_trials=10, max_trials=100, round_size=10)),
+        ("ttest a=0.1 min=10 round=5", PairedTTest(alpha=0.1, min_trials=10, max_trials=100, round_size=5)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- replay
+class ReplayScorer(Scorer):
+    """A :class:`Scorer` that reads per-draw errors from a finished exhaustive table.
+
+    ``reference`` is ``(N, M, D)`` (dataset index → row via ``row_of``), scored over the same
+    candidates in the same order. Forwards are counted exactly as the engine counts them.
+    """
+
+    def __init__(self, reference: Tensor, row_of: dict[int, int], num_classes: int) -> None:
+        super().__init__(lambda x, t, y: x, _schedule(), 1, max_draws=reference.shape[-1], num_classes=num_classes)
+        self.reference = reference
+        self.row_of = row_of
+
+    def score(self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None) -> int:
+        self._check_range(start, stop)
+        B, M = table.candidates.shape
+        if active is None:
+            active = torch.ones(B, M, dtype=torch.bool)
+        D = stop - start
+        total = int(active.sum()) * D
+        if total == 0:
+            return 0
+        rows = torch.tensor([self.row_of[int(i)] for i in index.tolist()])
+        ref = self.reference[rows, :, start:stop]
+        block = table.errors[:, :, start:stop]
+        table.errors[:, :, start:stop] = torch.where(active.unsqueeze(-1), ref, block)
+        table.forwards += active.sum(dim=1) * D
+        table.horizon = max(table.horizon, stop)
+        return total
+
+
+def _schedule():
+    from diffclf.diffusion.schedule import NoiseSchedule
+
+    return NoiseSchedule()
+
+
+# ---------------------------------------------------------------------------------------------- running
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    fam = mod = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = (s.strip() for s in line.partition(":"))
+            if key == "model name" and cpu in ("", platform.machine(), platform.processor()):
+                cpu = val
+            elif key == "cpu family" and fam is None:
+                fam = val
+            elif key == "model" and mod is None:
+                mod = val
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_family_model": f"{fam}/{mod}" if fam else None,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": f"cpu ({cpu}, {torch.get_num_threads()} threads)",
+    }
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_live(module: DiffusionClassifier, strategy: Strategy, batches: list, keep_table: bool) -> dict:
+    """Classify every batch with ``strategy``; per-image predictions, targets, forwards and the time."""
+    module.strategy = strategy
+    module._scorer = None  # the scorer is sized (max_draws) for the strategy it was built for
+    scorer = module.scorer()
+    tables: list[ScoreTable] = []
+    if keep_table:
+        new_table = scorer.new_table
+
+        def capture(*args, **kwargs):  # the strategy's own table, kept for the replay
+            table = new_table(*args, **kwargs)
+            tables.append(table)
+            return table
+
+        scorer.new_table = capture
+    preds, targets, forwards, indices, finalists = [], [], [], [], []
+    load0 = os.getloadavg()[0]
+    elapsed = 0.0
+    for images, target, index in batches:
+        start = time.perf_counter()
+        result, scores, _ = module.classify(images, index)
+        elapsed += time.perf_counter() - start
+        preds.append(scores.argmax(dim=1))
+        targets.append(target)
+        forwards.append(result.forwards)
+        indices.append(index)
+        finalists.append((result.num_draws == strategy.max_draws).sum(dim=1))
+    out = {
+        "pred": torch.cat(preds),
+        "target": torch.cat(targets),
+        "forwards": torch.cat(forwards),
+        "index": torch.cat(indices),
+        "finalists": torch.cat(finalists),
+        "num_candidates": len(module.label_space.all_model_ids()),
+        "seconds": elapsed,
+        "loadavg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)],
+    }
+    if keep_table:
+        out["errors"] = torch.cat([t.errors for t in tables])
+        out["candidates"] = tables[0].candidates[0]
+    return out
+
+
+def run_replay(module: DiffusionClassifier, strategy: Strategy, batches: list, replay: ReplayScorer) -> dict:
+    """The same loop as :func:`run_live` on the replay scorer (no denoiser calls)."""
+    module.strategy = strategy
+    module._scorer = replay
+    preds, targets, forwards, finalists = [], [], [], []
+    try:
+        for images, target, index in batches:
+            result, scores, _ = module.classify(images, index)
+            preds.append(scores.argmax(dim=1))
+            targets.append(target)
+            forwards.append(result.forwards)
+            finalists.append((result.num_draws == strategy.max_draws).sum(dim=1))
+    finally:
+        module._scorer = None
+    return {
+        "pred": torch.cat(preds), "target": torch.cat(targets), "forwards": torch.cat(forwards),
+        "finalists": torch.cat(finalists),
+        "num_candidates": len(module.label_space.all_model_ids()),
+    }
+
+
+def summarise(name: str, strategy: Strategy, run: dict, ref: dict | None, level: float = 0.95) -> dict:
+    pred, target, fwd = run["pred"], run["target"], run["forwards"].double()
+    n = int(target.numel())
+    k = int((pred == target).sum())
+    low, high = clopper_pearson(k, n, level)
+    row = {
+        "name": name,
+        "strategy": describe_strategy(strategy),
+        "images": n,
+        "correct": k,
+        "accuracy": k / n,
+        "ci_low": low,
+        "ci_high": high,
+        "forwards_per_image": float(fwd.mean()),
+        "forwards_min": int(fwd.min()),
+        "forwards_median": float(fwd.median()),
+        "forwards_max": int(fwd.max()),
+    }
+    if "seconds" in run:
+        row["seconds_per_image"] = run["seconds"] / n
+        row["loadavg_1min_before_after"] = run["loadavg_1min"]
+    if ref is not None:
+        ref_ok = ref["pred"] == ref["target"]
+        ok = pred == target
+        row["forwards_pct_of_exhaustive"] = 100 * float(fwd.mean()) / float(ref["forwards"].double().mean())
+        row["agreement"] = float((pred == ref["pred"]).double().mean())
+        row["accuracy_diff_points"] = 100 * (k / n - float(ref_ok.double().mean()))
+        row["fixed_vs_exhaustive"] = int((ok & ~ref_ok).sum())
+        row["broken_vs_exhaustive"] = int((~ok & ref_ok).sum())
+    if isinstance(strategy, PairedTTest):
+        from diffclf.strategies.ttest import critical_t
+
+        # images the tests never settled: two or more classes still in at max_trials (decided by mean error)
+        undecided = run["finalists"] >= 2
+        K = int(run["num_candidates"])
+        first = -(-strategy.min_trials // strategy.round_size) * strategy.round_size  # first tested prefix
+        first = min(first, strategy.max_trials)
+        row["candidates"] = K
+        row["floor_forwards"] = first * K
+        row["floor_pct_of_exhaustive"] = (
+            100 * first * K / float(ref["forwards"].double().mean()) if ref is not None else None
+        )
+        row["critical_t_first_test"] = critical_t(strategy.alpha, first)
+        row["critical_t_at_max_trials"] = critical_t(strategy.alpha, strategy.max_trials)
+        row["images_undecided_at_max_trials"] = int(undecided.sum())
+        row["forwards_per_image_undecided"] = float(fwd[undecided].mean()) if undecided.any() else None
+        row["forwards_per_image_decided"] = float(fwd[~undecided].mean()) if (~undecided).any() else None
+        row["correct_among_undecided"] = int((pred == target)[undecided].sum())
+        if ref is not None:
+            row["exhaustive_errors_among_undecided"] = int((ref["pred"] != ref["target"])[undecided].sum())
+    return row
+
+
+def sweep_strategies() -> list[tuple[str, Strategy]]:
+    out: list[tuple[str, Strategy]] = []
+    for n1 in (2, 3, 4, 5, 6, 8, 10, 15, 20):
+        for keep in (1, 2, 3, 4, 5):
+            if keep == 1:
+                out.append((f"adaptive [1]x[{n1}]", Adaptive(keep=[1], trials=[n1])))
+            else:
+                out.append((f"adaptive [{keep},1]x[{n1},100]", Adaptive(keep=[keep, 1], trials=[n1, 100])))
+    for n1, n2 in ((3, 10), (5, 20), (5, 30), (8, 30), (10, 40)):
+        for k1, k2 in ((3, 2), (4, 2), (5, 2), (5, 3)):
+            out.append((f"adaptive [{k1},{k2},1]x[{n1},{n2},100]", Adaptive(keep=[k1, k2, 1], trials=[n1, n2, 100])))
+    for alpha in (0.002, 0.01, 0.05, 0.1, 0.2):
+        for min_trials, round_size in ((20, 10), (10, 10), (10, 5), (5, 5), (3, 1)):
+            out.append((
+                f"ttest a={alpha} min={min_trials} round={round_size}",
+                PairedTTest(alpha=alpha, min_trials=min_trials, max_trials=100, round_size=round_size),
+            ))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- output
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def markdown(meta: dict, rows: list[dict], sweep: list[dict], discussion: str) -> str:
+    lines = [
+        f"# Strategies on {meta['data']} ({meta['images']} test images, {meta['classes']} classes)",
+        "",
+        f"- date: {meta['date']}",
+        f"- device: {meta['device']['device']} (cpu family/model {meta['device']['cpu_family_model']}, "
+        f"{meta['device']['logical_cpus']} logical CPUs; machine shared with other jobs, 1-min load average "
+        "before/after each run in the JSON)",
+        f"- torch {meta['torch']}, git commit {meta['commit']}" + (" (working tree dirty)" if meta["dirty"] else ""),
+        f"- checkpoint: `{meta['ckpt_path']}` (global step {meta['global_step']}, epoch {meta['epoch']})",
+        f"- training budget: `{meta['training_budget']}`",
+        f"- scoring: {meta['scoring']}",
+        f"- command: `{meta['command']}`",
+        *(
+            [f"- compared with `{meta['compare']['file']}` (its exhaustive run, precision {meta['compare']['precision']}, "
+             f"accuracy {pct(meta['compare']['accuracy'])}%): agreement per strategy "
+             + ", ".join(f"{r['name']} {100 * r['agreement_with_compare_exhaustive']:.2f}%" for r in rows)]
+            if meta.get("compare") else []
+        ),
+        "",
+        "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | fixed / broken | forwards/image | % of exh. | s/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
+            f"| {r.get('accuracy_diff_points', 0):+.2f} | {100 * r.get('agreement', 1):.2f} "
+            f"| {r.get('fixed_vs_exhaustive', 0)} / {r.get('broken_vs_exhaustive', 0)} "
+            f"| {r['forwards_per_image']:.1f} (min {r['forwards_min']}, med {r['forwards_median']:.0f}, max {r['forwards_max']}) "
+            f"| {r.get('forwards_pct_of_exhaustive', 100):.1f} | {r['seconds_per_image']:.3f} |"
+        )
+    lines += [
+        "",
+        "`fixed / broken`: images this strategy gets right and exhaustive wrong / the reverse. "
+        "Exact strategy arguments are in the JSON (`strategy`).",
+        "",
+    ]
+    tt = [r for r in rows if "floor_forwards" in r]
+    if tt:
+        lines += [
+            "Paired t-test diagnostics: the floor is what every image pays before the first test "
+            "(first tested prefix × candidates); `undecided` images still had two or more classes in at "
+            "max_trials (then the lowest mean error decides, as in exhaustive).",
+            "",
+            "| strategy | floor forwards (% of exh.) | critical t first / last test | undecided images | "
+            "forwards decided / undecided | exh. errors among undecided |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in tt:
+            und = r["forwards_per_image_undecided"]
+            lines.append(
+                f"| {r['name']} | {r['floor_forwards']} ({r['floor_pct_of_exhaustive']:.0f}%) "
+                f"| {r['critical_t_first_test']:.2f} / {r['critical_t_at_max_trials']:.2f} "
+                f"| {r['images_undecided_at_max_trials']} | {r['forwards_per_image_decided']:.1f} / "
+                f"{'-' if und is None else f'{und:.1f}'} | {r.get('exhaustive_errors_among_undecided', '-')} |"
+            )
+        lines.append("")
+    if discussion:
+        lines += ["## Paired t-test vs the fixed schedule", "", discussion, ""]
+    if sweep:
+        lines += [
+            "## Replayed sweep (accuracy and forwards only)",
+            "",
+            "Every schedule below is replayed through the real strategy code from the exhaustive run's per-draw "
+            "errors (identical draws: same seed, dataset index and max_draws = 100), so no denoiser is called and "
+            "nothing is timed. The replay of each live strategy above reproduced its live predictions and "
+            f"forwards exactly: {meta.get('replay_matches_live')}. Pareto-optimal rows (no other row has both "
+            "fewer forwards and higher accuracy) are marked *.",
+            "",
+            "| strategy | accuracy % | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sorted(sweep, key=lambda r: r["forwards_per_image"]):
+            star = "*" if r.get("pareto") else ""
+            lines.append(
+                f"| {star}{r['name']} | {pct(r['accuracy'])} | {r['accuracy_diff_points']:+.2f} "
+                f"| {100 * r['agreement']:.2f} | {r['forwards_per_image']:.1f} | {r['forwards_pct_of_exhaustive']:.1f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    for r in rows:
+        r["pareto"] = not any(
+            o is not r
+            and o["forwards_per_image"] <= r["forwards_per_image"]
+            and o["accuracy"] >= r["accuracy"]
+            and (o["forwards_per_image"] < r["forwards_per_image"] or o["accuracy"] > r["accuracy"])
+            for o in rows
+        )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt_path", help="the checkpoint to classify with (required unless --render)")
+    ap.add_argument("--data", default="digits", help="data preset or YAML (its test split is classified)")
+    ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--precision", choices=["32", "bf16"], default=None,
+                    help="override the checkpoint's score_precision (bf16 = denoiser under autocast)")
+    ap.add_argument("--compare", default=None,
+                    help="an earlier OUT.json: also report agreement with its exhaustive predictions")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N test images (smoke runs)")
+    ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
+                    help="replay a grid of schedules from the exhaustive table (default on)")
+    ap.add_argument("--discussion", default=None, help="a Markdown file whose text goes under the t-test section")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite OUT.md (and the discussion in OUT.json) from an existing OUT.json")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.render:
+        result = json.loads(out.with_suffix(".json").read_text())
+        if args.discussion:
+            result["discussion"] = Path(args.discussion).read_text().strip()
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(markdown(result["meta"], result["strategies"], result["sweep"], result["discussion"]))
+        print(f"rendered {out.with_suffix('.md')}")
+        return result
+    if not args.ckpt_path:
+        ap.error("--ckpt_path is required")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "benchmarks/strategies.py", *(argv if argv is not None else sys.argv[1:])])
+
+    dm = load_datamodule(args.data)
+    dm.setup("test")
+    batches = []
+    seen = 0
+    for images, target, index in dm.test_dataloader():
+        if args.limit is not None:
+            images, target, index = images[: args.limit - seen], target[: args.limit - seen], index[: args.limit - seen]
+        if len(index):
+            batches.append((images, target, index))
+        seen += len(index)
+        if args.limit is not None and seen >= args.limit:
+            break
+    module = DiffusionClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+    module.eval()
+    module.label_space = dm.label_space
+    ckpt = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    hp = module.hparams
+    if args.precision is not None:
+        hp.score_precision = args.precision
+
+    strategies = default_strategies()
+    rows, live_runs = [], {}
+    ref = None
+    for i, (name, strategy) in enumerate(strategies):
+        print(f"[{i + 1}/{len(strategies)}] {name}: {describe_strategy(strategy)}", flush=True)
+        run = run_live(module, strategy, batches, keep_table=(i == 0))
+        if i == 0:
+            ref = run
+        live_runs[name] = run
+        row = summarise(name, strategy, run, ref)
+        rows.append(row)
+        print(
+            f"    accuracy {pct(row['accuracy'])}% [{pct(row['ci_low'])}, {pct(row['ci_high'])}]  "
+            f"{row['forwards_per_image']:.1f} forwards/image ({row.get('forwards_pct_of_exhaustive', 100):.1f}%)  "
+            f"{row['seconds_per_image']:.3f} s/image  agreement {100 * row.get('agreement', 1):.2f}%  "
+            f"load {row['loadavg_1min_before_after']}",
+            flush=True,
+        )
+
+    sweep_rows: list[dict] = []
+    replay_ok = None
+    if args.sweep:
+        assert ref is not None
+        cand = ref["candidates"].tolist()
+        if cand != list(range(len(cand))) or any(s.max_draws != ref["errors"].shape[-1] for _, s in strategies):
+            raise SystemExit("replay needs the candidates 0..M-1 and one max_draws for every strategy")
+        row_of = {int(idx): r for r, idx in enumerate(ref["index"].tolist())}
+        replay = ReplayScorer(ref["errors"], row_of, hp.num_classes)
+        replay_ok = {}
+        for name, strategy in strategies[1:]:
+            rep = run_replay(module, strategy, batches, replay)
+            live = live_runs[name]
+            replay_ok[name] = bool(torch.equal(rep["pred"], live["pred"]) and torch.equal(rep["forwards"], live["forwards"]))
+        print(f"replay reproduces the live runs: {replay_ok}", flush=True)
+        for name, strategy in sweep_strategies():
+            rep = run_replay(module, strategy, batches, replay)
+            sweep_rows.append(summarise(name, strategy, rep, ref))
+        mark_pareto(sweep_rows)
+
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": machine(),
+        "torch": torch.__version__,
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "command": command,
+        "ckpt_path": args.ckpt_path,
+        "global_step": ckpt.get("global_step"),
+        "epoch": ckpt.get("epoch"),
+        "training_budget": TRAINING_BUDGET,
+        "data": args.data,
+        "images": rows[0]["images"],
+        "classes": dm.label_space.num_classes,
+        "dataloader_batch_size": len(batches[0][2]),
+        "scoring": {
+            "design": hp.design, "noise": hp.noise, "error": hp.error, "weighting": hp.weighting,
+            "t_range": hp.t_range, "score_batch_size": hp.score_batch_size, "precision": hp.score_precision,
+            "seed": hp.seed,
+        },
+        "replay_matches_live": replay_ok,
+    }
+    if args.compare:
+        other = json.loads(Path(args.compare).read_text())
+        pos = {int(i): r for r, i in enumerate(other["per_image"]["index"])}
+        other_pred = torch.tensor(other["per_image"]["pred"]["exhaustive"])[[pos[int(i)] for i in ref["index"].tolist()]]
+        meta["compare"] = {"file": args.compare, "precision": other["meta"]["scoring"]["precision"],
+                           "accuracy": other["strategies"][0]["accuracy"]}
+        for row, (name, run) in zip(rows, live_runs.items()):
+            row["agreement_with_compare_exhaustive"] = float((run["pred"] == other_pred).double().mean())
+    discussion = Path(args.discussion).read_text().strip() if args.discussion else ""
+    per_image = {
+        "index": ref["index"].tolist(),
+        "target": ref["target"].tolist(),
+        "pred": {name: run["pred"].tolist() for name, run in live_runs.items()},
+        "forwards": {name: run["forwards"].tolist() for name, run in live_runs.items()},
+    }
+    result = {"meta": meta, "strategies": rows, "sweep": sweep_rows, "discussion": discussion, "per_image": per_image}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(meta, rows, sweep_rows, discussion))
+    print(f"written {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
