@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -36,11 +35,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from diffclf.commands import load_datamodule  # noqa: E402
-from diffclf.diffusion.scoring import Scorer, ScoreTable  # noqa: E402
-from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
-from diffclf.module import DiffusionClassifier, describe_strategy  # noqa: E402
-from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Strategy  # noqa: E402
+from diffclf.commands import load_datamodule
+from diffclf.diffusion.scoring import Scorer, ScoreTable
+from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.module import DiffusionClassifier, describe_strategy
+from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Strategy
 
 TRAINING_BUDGET = (
     "python cli.py fit --config configs/quickstart.yaml (DiT-T/2 8x8x1, 0.8M parameters, "
@@ -71,11 +70,15 @@ class ReplayScorer(Scorer):
     """
 
     def __init__(self, reference: Tensor, row_of: dict[int, int], num_classes: int) -> None:
-        super().__init__(lambda x, t, y: x, _schedule(), 1, max_draws=reference.shape[-1], num_classes=num_classes)
+        super().__init__(
+            lambda x, t, y: x, _schedule(), 1, max_draws=reference.shape[-1], num_classes=num_classes
+        )
         self.reference = reference
         self.row_of = row_of
 
-    def score(self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None) -> int:
+    def score(
+        self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None
+    ) -> int:
         self._check_range(start, stop)
         B, M = table.candidates.shape
         if active is None:
@@ -125,7 +128,9 @@ def machine() -> dict:
 
 def git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=REPO).stdout.strip()
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -188,7 +193,9 @@ def run_replay(module: DiffusionClassifier, strategy: Strategy, batches: list, r
     finally:
         module._scorer = None
     return {
-        "pred": torch.cat(preds), "target": torch.cat(targets), "forwards": torch.cat(forwards),
+        "pred": torch.cat(preds),
+        "target": torch.cat(targets),
+        "forwards": torch.cat(forwards),
         "finalists": torch.cat(finalists),
         "num_candidates": len(module.label_space.all_model_ids()),
     }
@@ -257,13 +264,17 @@ def sweep_strategies() -> list[tuple[str, Strategy]]:
                 out.append((f"adaptive [{keep},1]x[{n1},100]", Adaptive(keep=[keep, 1], trials=[n1, 100])))
     for n1, n2 in ((3, 10), (5, 20), (5, 30), (8, 30), (10, 40)):
         for k1, k2 in ((3, 2), (4, 2), (5, 2), (5, 3)):
-            out.append((f"adaptive [{k1},{k2},1]x[{n1},{n2},100]", Adaptive(keep=[k1, k2, 1], trials=[n1, n2, 100])))
+            out.append(
+                (f"adaptive [{k1},{k2},1]x[{n1},{n2},100]", Adaptive(keep=[k1, k2, 1], trials=[n1, n2, 100]))
+            )
     for alpha in (0.002, 0.01, 0.05, 0.1, 0.2):
         for min_trials, round_size in ((20, 10), (10, 10), (10, 5), (5, 5), (3, 1)):
-            out.append((
-                f"ttest a={alpha} min={min_trials} round={round_size}",
-                PairedTTest(alpha=alpha, min_trials=min_trials, max_trials=100, round_size=round_size),
-            ))
+            out.append(
+                (
+                    f"ttest a={alpha} min={min_trials} round={round_size}",
+                    PairedTTest(alpha=alpha, min_trials=min_trials, max_trials=100, round_size=round_size),
+                )
+            )
     return out
 
 
@@ -277,19 +288,25 @@ def markdown(meta: dict, rows: list[dict], sweep: list[dict], discussion: str) -
         f"# Strategies on {meta['data']} ({meta['images']} test images, {meta['classes']} classes)",
         "",
         f"- date: {meta['date']}",
-        f"- device: {meta['device']['device']} (cpu family/model {meta['device']['cpu_family_model']}, "
-        f"{meta['device']['logical_cpus']} logical CPUs; machine shared with other jobs, 1-min load average "
-        "before/after each run in the JSON)",
-        f"- torch {meta['torch']}, git commit {meta['commit']}" + (" (working tree dirty)" if meta["dirty"] else ""),
+        (
+            f"- device: {meta['device']['device']} (cpu family/model {meta['device']['cpu_family_model']}, "
+            f"{meta['device']['logical_cpus']} logical CPUs; machine shared with other jobs, 1-min load average "
+            "before/after each run in the JSON)"
+        ),
+        f"- torch {meta['torch']}, git commit {meta['commit']}"
+        + (" (working tree dirty)" if meta["dirty"] else ""),
         f"- checkpoint: `{meta['ckpt_path']}` (global step {meta['global_step']}, epoch {meta['epoch']})",
         f"- training budget: `{meta['training_budget']}`",
         f"- scoring: {meta['scoring']}",
         f"- command: `{meta['command']}`",
         *(
-            [f"- compared with `{meta['compare']['file']}` (its exhaustive run, precision {meta['compare']['precision']}, "
-             f"accuracy {pct(meta['compare']['accuracy'])}%): agreement per strategy "
-             + ", ".join(f"{r['name']} {100 * r['agreement_with_compare_exhaustive']:.2f}%" for r in rows)]
-            if meta.get("compare") else []
+            [
+                f"- compared with `{meta['compare']['file']}` (its exhaustive run, precision {meta['compare']['precision']}, "
+                f"accuracy {pct(meta['compare']['accuracy'])}%): agreement per strategy "
+                + ", ".join(f"{r['name']} {100 * r['agreement_with_compare_exhaustive']:.2f}%" for r in rows)
+            ]
+            if meta.get("compare")
+            else []
         ),
         "",
         "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | fixed / broken | forwards/image | % of exh. | s/image |",
@@ -305,19 +322,25 @@ def markdown(meta: dict, rows: list[dict], sweep: list[dict], discussion: str) -
         )
     lines += [
         "",
-        "`fixed / broken`: images this strategy gets right and exhaustive wrong / the reverse. "
-        "Exact strategy arguments are in the JSON (`strategy`).",
+        (
+            "`fixed / broken`: images this strategy gets right and exhaustive wrong / the reverse. "
+            "Exact strategy arguments are in the JSON (`strategy`)."
+        ),
         "",
     ]
     tt = [r for r in rows if "floor_forwards" in r]
     if tt:
         lines += [
-            "Paired t-test diagnostics: the floor is what every image pays before the first test "
-            "(first tested prefix × candidates); `undecided` images still had two or more classes in at "
-            "max_trials (then the lowest mean error decides, as in exhaustive).",
+            (
+                "Paired t-test diagnostics: the floor is what every image pays before the first test "
+                "(first tested prefix × candidates); `undecided` images still had two or more classes in at "
+                "max_trials (then the lowest mean error decides, as in exhaustive)."
+            ),
             "",
-            "| strategy | floor forwards (% of exh.) | critical t first / last test | undecided images | "
-            "forwards decided / undecided | exh. errors among undecided |",
+            (
+                "| strategy | floor forwards (% of exh.) | critical t first / last test | undecided images | "
+                "forwards decided / undecided | exh. errors among undecided |"
+            ),
             "|---|---|---|---|---|---|",
         ]
         for r in tt:
@@ -335,11 +358,13 @@ def markdown(meta: dict, rows: list[dict], sweep: list[dict], discussion: str) -
         lines += [
             "## Replayed sweep (accuracy and forwards only)",
             "",
-            "Every schedule below is replayed through the real strategy code from the exhaustive run's per-draw "
-            "errors (identical draws: same seed, dataset index and max_draws = 100), so no denoiser is called and "
-            "nothing is timed. The replay of each live strategy above reproduced its live predictions and "
-            f"forwards exactly: {meta.get('replay_matches_live')}. Pareto-optimal rows (no other row has both "
-            "fewer forwards and higher accuracy) are marked *.",
+            (
+                "Every schedule below is replayed through the real strategy code from the exhaustive run's per-draw "
+                "errors (identical draws: same seed, dataset index and max_draws = 100), so no denoiser is called and "
+                "nothing is timed. The replay of each live strategy above reproduced its live predictions and "
+                f"forwards exactly: {meta.get('replay_matches_live')}. Pareto-optimal rows (no other row has both "
+                "fewer forwards and higher accuracy) are marked *."
+            ),
             "",
             "| strategy | accuracy % | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. |",
             "|---|---|---|---|---|---|",
@@ -371,16 +396,32 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default="digits", help="data preset or YAML (its test split is classified)")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--precision", choices=["32", "bf16"], default=None,
-                    help="override the checkpoint's score_precision (bf16 = denoiser under autocast)")
-    ap.add_argument("--compare", default=None,
-                    help="an earlier OUT.json: also report agreement with its exhaustive predictions")
+    ap.add_argument(
+        "--precision",
+        choices=["32", "bf16"],
+        default=None,
+        help="override the checkpoint's score_precision (bf16 = denoiser under autocast)",
+    )
+    ap.add_argument(
+        "--compare",
+        default=None,
+        help="an earlier OUT.json: also report agreement with its exhaustive predictions",
+    )
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images (smoke runs)")
-    ap.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
-                    help="replay a grid of schedules from the exhaustive table (default on)")
-    ap.add_argument("--discussion", default=None, help="a Markdown file whose text goes under the t-test section")
-    ap.add_argument("--render", action="store_true",
-                    help="only rewrite OUT.md (and the discussion in OUT.json) from an existing OUT.json")
+    ap.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replay a grid of schedules from the exhaustive table (default on)",
+    )
+    ap.add_argument(
+        "--discussion", default=None, help="a Markdown file whose text goes under the t-test section"
+    )
+    ap.add_argument(
+        "--render",
+        action="store_true",
+        help="only rewrite OUT.md (and the discussion in OUT.json) from an existing OUT.json",
+    )
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.render:
@@ -388,14 +429,21 @@ def main(argv: list[str] | None = None) -> dict:
         if args.discussion:
             result["discussion"] = Path(args.discussion).read_text().strip()
         out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-        out.with_suffix(".md").write_text(markdown(result["meta"], result["strategies"], result["sweep"], result["discussion"]))
+        out.with_suffix(".md").write_text(
+            markdown(result["meta"], result["strategies"], result["sweep"], result["discussion"])
+        )
         print(f"rendered {out.with_suffix('.md')}")
         return result
     if not args.ckpt_path:
         ap.error("--ckpt_path is required")
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "benchmarks/strategies.py", *(argv if argv is not None else sys.argv[1:])])
+    command = "python " + " ".join(
+        [
+            os.path.relpath(sys.argv[0], REPO) if sys.argv[0] else "benchmarks/strategies.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
 
     dm = load_datamodule(args.data)
     dm.setup("test")
@@ -403,7 +451,11 @@ def main(argv: list[str] | None = None) -> dict:
     seen = 0
     for images, target, index in dm.test_dataloader():
         if args.limit is not None:
-            images, target, index = images[: args.limit - seen], target[: args.limit - seen], index[: args.limit - seen]
+            images, target, index = (
+                images[: args.limit - seen],
+                target[: args.limit - seen],
+                index[: args.limit - seen],
+            )
         if len(index):
             batches.append((images, target, index))
         seen += len(index)
@@ -441,7 +493,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sweep:
         assert ref is not None
         cand = ref["candidates"].tolist()
-        if cand != list(range(len(cand))) or any(s.max_draws != ref["errors"].shape[-1] for _, s in strategies):
+        if cand != list(range(len(cand))) or any(
+            s.max_draws != ref["errors"].shape[-1] for _, s in strategies
+        ):
             raise SystemExit("replay needs the candidates 0..M-1 and one max_draws for every strategy")
         row_of = {int(idx): r for r, idx in enumerate(ref["index"].tolist())}
         replay = ReplayScorer(ref["errors"], row_of, hp.num_classes)
@@ -449,7 +503,9 @@ def main(argv: list[str] | None = None) -> dict:
         for name, strategy in strategies[1:]:
             rep = run_replay(module, strategy, batches, replay)
             live = live_runs[name]
-            replay_ok[name] = bool(torch.equal(rep["pred"], live["pred"]) and torch.equal(rep["forwards"], live["forwards"]))
+            replay_ok[name] = bool(
+                torch.equal(rep["pred"], live["pred"]) and torch.equal(rep["forwards"], live["forwards"])
+            )
         print(f"replay reproduces the live runs: {replay_ok}", flush=True)
         for name, strategy in sweep_strategies():
             rep = run_replay(module, strategy, batches, replay)
@@ -472,8 +528,13 @@ def main(argv: list[str] | None = None) -> dict:
         "classes": dm.label_space.num_classes,
         "dataloader_batch_size": len(batches[0][2]),
         "scoring": {
-            "design": hp.design, "noise": hp.noise, "error": hp.error, "weighting": hp.weighting,
-            "t_range": hp.t_range, "score_batch_size": hp.score_batch_size, "precision": hp.score_precision,
+            "design": hp.design,
+            "noise": hp.noise,
+            "error": hp.error,
+            "weighting": hp.weighting,
+            "t_range": hp.t_range,
+            "score_batch_size": hp.score_batch_size,
+            "precision": hp.score_precision,
             "seed": hp.seed,
         },
         "replay_matches_live": replay_ok,
@@ -481,9 +542,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.compare:
         other = json.loads(Path(args.compare).read_text())
         pos = {int(i): r for r, i in enumerate(other["per_image"]["index"])}
-        other_pred = torch.tensor(other["per_image"]["pred"]["exhaustive"])[[pos[int(i)] for i in ref["index"].tolist()]]
-        meta["compare"] = {"file": args.compare, "precision": other["meta"]["scoring"]["precision"],
-                           "accuracy": other["strategies"][0]["accuracy"]}
+        other_pred = torch.tensor(other["per_image"]["pred"]["exhaustive"])[
+            [pos[int(i)] for i in ref["index"].tolist()]
+        ]
+        meta["compare"] = {
+            "file": args.compare,
+            "precision": other["meta"]["scoring"]["precision"],
+            "accuracy": other["strategies"][0]["accuracy"],
+        }
         for row, (name, run) in zip(rows, live_runs.items()):
             row["agreement_with_compare_exhaustive"] = float((run["pred"] == other_pred).double().mean())
     discussion = Path(args.discussion).read_text().strip() if args.discussion else ""
@@ -493,7 +559,13 @@ def main(argv: list[str] | None = None) -> dict:
         "pred": {name: run["pred"].tolist() for name, run in live_runs.items()},
         "forwards": {name: run["forwards"].tolist() for name, run in live_runs.items()},
     }
-    result = {"meta": meta, "strategies": rows, "sweep": sweep_rows, "discussion": discussion, "per_image": per_image}
+    result = {
+        "meta": meta,
+        "strategies": rows,
+        "sweep": sweep_rows,
+        "discussion": discussion,
+        "per_image": per_image,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(meta, rows, sweep_rows, discussion))

@@ -146,7 +146,8 @@ def bench(
         compile: wrap the denoiser in ``torch.compile``.
         device: ``auto``, ``cpu`` or ``cuda``.
         peak_tflops: the device's peak, to report the achieved share (MFU).
-        strategies: strategy presets or YAML files to time per image (default exhaustive, adaptive_small, ttest).
+        strategies: strategy presets or YAML files to time per image (default exhaustive, adaptive_small,
+            ttest; ``[]`` times none, e.g. for a large model where the engine figure is enough).
         images: images to classify per strategy (random, or noise if no data).
         classes: classes to classify among (default 10; None = all of the model's).
         engine_trials: minimum draws per class when measuring the engine's throughput (raised so
@@ -197,7 +198,7 @@ def bench(
     print(f"engine at batch {best['batch']}: {engine_fps:.1f} forwards/s = "
           f"{100 * engine_fps / best['forwards_per_s']:.1f}% of the raw denoiser")
     per_strategy = {}
-    for spec in strategies or ["exhaustive", "adaptive_small", "ttest"]:
+    for spec in strategies if strategies is not None else ["exhaustive", "adaptive_small", "ttest"]:
         strat = load_strategy(spec)
         sec, fwd = time_strategy(strat, runner, schedule, imgs, class_ids, best["batch"], dtype)
         per_strategy[spec] = {"seconds_per_image": sec, "forwards_per_image": fwd}

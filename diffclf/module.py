@@ -273,8 +273,9 @@ class DiffusionClassifier(LightningModule):
         return self.ema(x_t, t, y)
 
     def scorer(self) -> Scorer:
-        """The shared-noise scorer, sized for the strategy (built once per run)."""
-        if self._scorer is None or self._scorer.device != self.device:
+        """The shared-noise scorer, sized for the strategy (rebuilt when the device or the strategy's draws change)."""
+        stale = self._scorer is None or self._scorer.device != self.device
+        if stale or self._scorer.max_draws != self.strategy.max_draws:
             hp = self.hparams
             self._scorer = Scorer(
                 self._denoise, self.schedule, hp.in_channels,

@@ -167,7 +167,7 @@ def test_cache_refuses_another_vae_resolution_or_crop(run, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"made at image_size 32, not 64"):
         CachedLatentsDataModule(test_cache=str(run["test"]), vae=str(run["vae"]), image_size=64, crop="none").setup("test")
     with pytest.raises(ValueError, match=r"made with crop 'none', not 'adm'"):
-        CachedLatentsDataModule(test_cache=str(run["test"]), vae=str(run["vae"]), image_size=32).setup("test")
+        CachedLatentsDataModule(test_cache=str(run["test"]), vae=str(run["vae"]), image_size=32, crop="adm").setup("test")
     ok = CachedLatentsDataModule(test_cache=str(run["test"]), vae=str(run["vae"]), image_size=32, crop="none")
     ok.setup("test")
     assert len(ok.test_dataset) == N_TEST and ok.num_model_classes == 10
