@@ -184,7 +184,7 @@ def _exclusions(df: pd.DataFrame, always: Sequence[str]) -> dict[str, list[str]]
 
 
 def run_report(
-    results: list[str],
+    results: str | list[str],
     out: str,
     id_dataset: str,
     level: float | None = None,
@@ -194,7 +194,7 @@ def run_report(
     """Accuracy and effective-robustness tables plus the figure, from results records.
 
     Args:
-        results: results files (``.jsonl`` / ``results.json``) or folders to search for them.
+        results: a results file (``.jsonl`` / ``results.json``) or folder to search, or a list of them.
         out: folder for ``report.md``, ``report.json`` and ``effective_robustness.png``.
         id_dataset: the in-distribution dataset (e.g. ``imagenet``); every other dataset is OOD.
         level: Clopper-Pearson level of every interval, recomputed from each record's counts
@@ -204,6 +204,8 @@ def run_report(
         exclude_from_fit: models kept out of every baseline fit, on top of those a dataset's own
             records name (``fashion_mnist_hard`` names the reference model it was filtered against).
     """
+    if isinstance(results, str):
+        results = [results]
     id_map = {**DEFAULT_ID_FOR, **(id_for or {})}
     try:
         df, level, notes = select_records(load_records(results), level)
