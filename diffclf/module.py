@@ -264,9 +264,9 @@ class DiffusionClassifier(LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.label_space = resolve_label_space(self, self.hparams.num_classes)
-        if self.hparams.class_names is None and getattr(dm, "label_space", None) is not None:
-            if dm.label_space.num_classes == self.hparams.num_classes:
-                self.hparams.class_names = list(dm.label_space.names)
+        space = getattr(dm, "label_space", None)
+        if self.hparams.class_names is None and space is not None and space.num_classes == self.hparams.num_classes:
+            self.hparams.class_names = list(space.names)
         self.inputs_are_latents = getattr(dm, "input_space", "pixels") == "latents"
 
     def _denoise(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:

@@ -80,8 +80,7 @@ def write_rows(rows: Sequence[dict[str, Any]], out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     if suffix == ".jsonl":
         with open(tmp, "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row) + "\n")
+            fh.writelines(json.dumps(row) + "\n" for row in rows)
     elif suffix == ".csv":
         with open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)

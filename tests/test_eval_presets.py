@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_folders import write_class_tree, write_image, write_objectnet
 
 from diffclf.data.imagenet import imagenet_a_indices, imagenet_wnids
 from diffclf.main import main
 from diffclf.models.dit import DiT
-from test_folders import write_class_tree, write_image, write_objectnet
 
 diffusers = pytest.importorskip("diffusers")
 timm = pytest.importorskip("timm")

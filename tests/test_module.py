@@ -103,7 +103,7 @@ class _PoisonedDigits(DigitsDataModule):
         super().__init__(**kwargs)
         self.poison_from = poison_from
 
-    def train_dataloader(self):  # noqa: ANN201 - a DataLoader-like generator is all Lightning needs
+    def train_dataloader(self):
         for i, (x, y, idx) in enumerate(super().train_dataloader()):
             yield (torch.full_like(x, float("nan")) if i >= self.poison_from else x), y, idx
 
@@ -142,7 +142,7 @@ def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, t
     seen: dict = {}
 
     class Capture(Callback):
-        def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        def on_train_start(self, trainer, pl_module) -> None:
             seen["step"] = trainer.global_step
             seen["ema"] = {k: v.detach().clone() for k, v in pl_module.ema.state_dict().items()}
 

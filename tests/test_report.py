@@ -184,7 +184,7 @@ def test_reruns_keep_the_latest_and_different_strategies_are_refused(tmp_path: P
 
 def test_reference_model_named_by_the_records_is_kept_out_of_the_fit(tmp_path: Path) -> None:
     recs = [r for r in _records() if r["dataset"] == "imagenet"]
-    for model, acc in ID_ACC.items():
+    for model in ID_ACC:
         kind = "generative" if model.startswith("DiT") else "discriminative"
         # vit_c is the reference the hard set was filtered against: ~0 OOD accuracy by construction.
         hard = 0.001 if model == "vit_c" else _ood(model)

@@ -2,7 +2,12 @@
 
 from diffclf.data.base import ClassificationDataModule, UnrepeatedDistributedSampler
 from diffclf.data.folders import ImageFolderDataModule
-from diffclf.data.imagenet import ImageNetADataModule, ImageNetDataModule, ImageNetV2DataModule, ObjectNetDataModule
+from diffclf.data.imagenet import (
+    ImageNetADataModule,
+    ImageNetDataModule,
+    ImageNetV2DataModule,
+    ObjectNetDataModule,
+)
 from diffclf.data.label_spaces import LabelSpace
 from diffclf.data.shifts import FashionMNISTShiftDataModule
 from diffclf.data.small import DigitsDataModule, FashionMNISTDataModule

@@ -19,10 +19,10 @@ import os
 import pkgutil
 import re
 import warnings
-from typing import Literal
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from torch.utils.data import Dataset
 
