@@ -133,6 +133,7 @@ class DiffusionClassifier(LightningModule):
             from diffclf.models.checkpoints import load_dit
 
             dit = load_dit(hp.pretrained, num_classes=hp.num_classes)
+            self._check_pipeline_schedule(hp.pretrained)
             for name, want, got in (
                 ("input_size", hp.input_size, dit.input_size),
                 ("in_channels", hp.in_channels, dit.in_channels),
@@ -156,6 +157,23 @@ class DiffusionClassifier(LightningModule):
             learn_sigma=hp.learn_sigma,
             **kwargs,
         )
+
+    def _check_pipeline_schedule(self, pretrained: str) -> None:
+        """A diffusers folder names the schedule its model was trained with; scoring with another is wrong."""
+        if not Path(pretrained).is_dir():
+            return
+        from diffclf.models.checkpoints import read_pipeline_info
+
+        info = read_pipeline_info(pretrained)
+        theirs = info["schedule"]
+        if theirs is not None and theirs != self.schedule.config():
+            raise ValueError(
+                f"model.pretrained {pretrained}: its scheduler was trained with {theirs} but the model is set to "
+                f"{self.schedule.config()}; set model.num_timesteps/beta_start/beta_end to agree"
+            )
+        if self.hparams.class_names is None and info["id2label"]:
+            labels = info["id2label"]
+            self.hparams.class_names = [labels.get(i, str(i)) for i in range(self.hparams.num_classes)]
 
     # ------------------------------------------------------------------ data in model space
     def encode(self, images: Tensor, sample: bool) -> Tensor:

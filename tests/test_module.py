@@ -153,3 +153,23 @@ def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, t
     for name, value in seen["ema"].items():
         assert torch.equal(value, saved["state_dict"][f"ema.{name}"]), name
     assert trainer.global_step == 401
+
+
+def test_diffusers_pipeline_gives_its_schedule_check_and_class_names(tmp_path: Path) -> None:
+    from test_latents import make_vae
+
+    from diffclf.models import create_dit
+    from diffclf.models.checkpoints import export_diffusers
+
+    vae = tmp_path / "vae"
+    make_vae(vae)
+    dit = create_dit("DiT-T/2", input_size=8, in_channels=4, num_classes=10, learn_sigma=True, timestep_freq_shift=1.0)
+    pipe = export_diffusers(dit, tmp_path / "pipe", {"num_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+                            vae_path=str(vae), id2label={i: f"class {i}" for i in range(10)})
+    args = dict(model="DiT-T/2", pretrained=str(pipe), input_size=8, in_channels=4, num_classes=10, learn_sigma=True)
+    module = DiffusionClassifier(**args)
+    assert module.hparams.class_names[:2] == ["class 0", "class 1"]
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 9])
+    torch.testing.assert_close(module.dit.eval()(x, t, y), dit.eval()(x, t, y))
+    with pytest.raises(ValueError, match="its scheduler was trained with"):
+        DiffusionClassifier(**args, beta_end=0.03)
