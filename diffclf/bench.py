@@ -122,6 +122,7 @@ def bench(
     num_classes: int = 1000,
     learn_sigma: bool = True,
     ckpt_path: str | None = None,
+    pretrained: str | None = None,
     batch_sizes: list[int] | None = None,
     precision: Literal["32", "bf16"] = "32",
     compile: bool = False,
@@ -141,6 +142,7 @@ def bench(
         model: DiT preset name (ignored with ``ckpt_path``).
         input_size, in_channels, num_classes, learn_sigma: the preset's input and head.
         ckpt_path: a ``fit`` checkpoint to bench instead of random weights.
+        pretrained: DiT weights to bench: an original facebookresearch/DiT ``.pt`` or a diffusers folder.
         batch_sizes: denoiser batch sizes to try (default 1, 8, 32, 128, 512).
         precision: ``bf16`` runs under autocast.
         compile: wrap the denoiser in ``torch.compile``.
@@ -164,6 +166,10 @@ def bench(
         from diffclf.commands import load_module
 
         dit = load_module(ckpt_path, map_location=str(dev)).ema
+    elif pretrained:
+        from diffclf.models.checkpoints import load_dit
+
+        dit = load_dit(pretrained)
     else:
         dit = create_dit(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes, learn_sigma=learn_sigma)
     dit = dit.to(dev).eval()
@@ -204,7 +210,7 @@ def bench(
         per_strategy[spec] = {"seconds_per_image": sec, "forwards_per_image": fwd}
         print(f"strategy {spec:20s}: {sec:8.3f} s/image  {fwd:9.0f} forwards/image  ({k} classes)")
     result = {
-        "model": ckpt_path or model,
+        "model": ckpt_path or pretrained or model,
         "config": dit.config,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "precision": precision,

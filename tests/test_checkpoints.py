@@ -252,3 +252,15 @@ def test_pipeline_info_refuses_other_schedules(tmp_path):
     pipe.save_pretrained(tmp_path / "p")
     with pytest.raises(ValueError, match="beta schedule 'scaled_linear'; .* only 'linear'"):
         read_pipeline_info(tmp_path / "p")
+
+
+def test_bench_runs_on_original_format_weights(tmp_path) -> None:
+    from diffclf.bench import bench
+    from diffclf.models import create_dit
+
+    dit = create_dit("DiT-S/8", input_size=16, in_channels=4, num_classes=20, learn_sigma=True, depth=2)
+    path = tmp_path / "DiT-tiny.pt"
+    torch.save(dit.state_dict(), path)
+    out = bench(pretrained=str(path), batch_sizes=[2], images=1, classes=3, engine_trials=2, strategies=[],
+                min_seconds=0.05, device="cpu", out=str(tmp_path / "b.json"))
+    assert out["model"] == str(path) and out["config"]["num_classes"] == 20 and out["best_forwards_per_s"] > 0
