@@ -20,7 +20,14 @@ from diffclf.diffusion.losses import diffusion_loss, sample_timesteps
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
 from diffclf.ema import ema_decay_at, make_ema, update_ema
-from diffclf.evaluation import ClassificationMetrics, check_run_outputs, finish_test, resolve_label_space
+from diffclf.evaluation import (
+    ClassificationMetrics,
+    check_run_outputs,
+    finish_test,
+    group_index,
+    label_space_scores,
+    resolve_label_space,
+)
 from diffclf.models.dit import DiT, create_dit
 from diffclf.strategies import Classification, Exhaustive, Strategy
 
@@ -126,6 +133,8 @@ class DiffusionClassifier(LightningModule):
         self.inputs_are_latents = False
         self.test_metrics: ClassificationMetrics | None = None
         self._scorer: Scorer | None = None
+        self._maps_key: tuple | None = None
+        self._maps: tuple[Tensor, Tensor, Tensor] | None = None
 
     def _build_dit(self) -> DiT:
         hp = self.hparams
@@ -314,15 +323,29 @@ class DiffusionClassifier(LightningModule):
         """
         x = self.encode(images, sample=False)
         self._check_input(x)
-        space = self.label_space
-        ids = torch.tensor(space.all_model_ids(), device=x.device, dtype=torch.long)
+        ids, groups, member = self._label_maps(x.device)
         result = self.strategy.classify(self.scorer(), x, index, ids, images=images)
-        rank = result.rank_scores()
-        probs_m = result.probs(self.hparams.temperature)
-        groups = label_space_groups(space, ids)
-        scores = torch.stack([rank[:, g].amax(dim=1) for g in groups], dim=1)
-        probs = torch.stack([probs_m[:, g].sum(dim=1) for g in groups], dim=1)
+        scores = label_space_scores(result.rank_scores(), groups)
+        probs = result.probs(self.hparams.temperature) @ member.T
         return result, scores, probs
+
+    def _label_maps(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """The candidate model ids ``(M,)``, each label-space class's positions among them ``(K, L)``
+        (padded by repetition, see ``group_index``) and the membership matrix ``(K, M)``; built once per
+        label space and device, so a batch pays one gather and one matmul, not a loop over classes."""
+        key = (id(self.label_space), str(device))
+        if self._maps_key != key:
+            space = self.label_space
+            ids = space.all_model_ids()
+            pos = {c: i for i, c in enumerate(ids)}
+            positions = [[pos[c] for c in cls] for cls in space.model_classes]
+            member = torch.zeros(space.num_classes, len(ids))
+            for k, cols in enumerate(positions):
+                member[k, cols] = 1.0
+            self._maps = (torch.tensor(ids, dtype=torch.long, device=device),
+                          group_index(positions).to(device), member.to(device))
+            self._maps_key = key
+        return self._maps
 
     def on_fit_start(self) -> None:
         check_run_outputs(self, "fit")
@@ -364,6 +387,8 @@ class DiffusionClassifier(LightningModule):
         """Dataset indices a resumed prediction run already wrote (see ``diffclf.writer``)."""
         from diffclf.writer import PredictionWriter
 
+        if self._trainer is None:
+            return set()
         for cb in self.trainer.callbacks:
             if isinstance(cb, PredictionWriter):
                 return cb.done
@@ -378,26 +403,20 @@ class DiffusionClassifier(LightningModule):
                 return []
             images, targets, index = images[keep], targets[keep], index[keep]
         result, scores, probs = self.classify(images, index)
-        space = self.label_space
-        ids = space.all_model_ids()
-        groups = label_space_groups(space, torch.tensor(ids))
-        err = torch.stack([_nanmin(result.mean_error[:, g.to(result.mean_error.device)]) for g in groups], dim=1)
-        draws = torch.stack([result.num_draws[:, g.to(result.num_draws.device)].amax(dim=1) for g in groups], dim=1)
-        k = min(5, space.num_classes)
-        top = scores.topk(k, dim=1).indices
-        rows = []
-        for i in range(images.shape[0]):
-            rows.append({
-                "index": int(index[i]),
-                "target": int(targets[i]),
-                "pred": int(top[i, 0]),
-                "top5": top[i].tolist(),
-                "forwards": int(result.forwards[i]),
-                "mean_error": err[i].tolist(),
-                "num_draws": draws[i].tolist(),
-                "probs": probs[i].tolist(),
-            })
-        return rows
+        _, groups, _ = self._label_maps(scores.device)
+        # A class standing for several model ids reports its best (lowest) error and most draws.
+        err = -label_space_scores(-torch.nan_to_num(result.mean_error, nan=math.inf), groups)
+        err = torch.where(torch.isinf(err), torch.full_like(err, math.nan), err)
+        draws = label_space_scores(result.num_draws, groups)
+        top = scores.topk(min(5, self.label_space.num_classes), dim=1).indices
+        # One host transfer per batch, after classification.
+        cols = zip(index.tolist(), targets.tolist(), top.tolist(), result.forwards.tolist(), err.tolist(),
+                   draws.tolist(), probs.tolist())
+        return [
+            {"index": int(i), "target": int(y), "pred": t5[0], "top5": t5, "forwards": int(f),
+             "mean_error": e, "num_draws": d, "probs": p}
+            for i, y, t5, f, e, d, p in cols
+        ]
 
 
 def per_index_noise(index: Tensor, shape: tuple[int, ...] | torch.Size, seed: int) -> Tensor:
@@ -407,18 +426,6 @@ def per_index_noise(index: Tensor, shape: tuple[int, ...] | torch.Size, seed: in
         gen = torch.Generator().manual_seed((seed * 1_000_003 + 7919 * idx + 17) % (2**63))
         out[i] = torch.randn(tuple(shape), generator=gen)
     return out
-
-
-def label_space_groups(space: Any, ids: Tensor) -> list[Tensor]:
-    """For each label-space class, the positions of its model ids within ``ids``."""
-    pos = {int(c): i for i, c in enumerate(ids.tolist())}
-    return [torch.tensor([pos[c] for c in cls], dtype=torch.long, device=ids.device) for cls in space.model_classes]
-
-
-def _nanmin(x: Tensor) -> Tensor:
-    filled = torch.where(torch.isnan(x), torch.full_like(x, math.inf), x)
-    out = filled.amin(dim=1)
-    return torch.where(torch.isinf(out), torch.full_like(out, math.nan), out)
 
 
 def describe_strategy(strategy: Strategy) -> str:

@@ -173,3 +173,24 @@ def test_diffusers_pipeline_gives_its_schedule_check_and_class_names(tmp_path: P
     torch.testing.assert_close(module.dit.eval()(x, t, y), dit.eval()(x, t, y))
     with pytest.raises(ValueError, match="its scheduler was trained with"):
         DiffusionClassifier(**args, beta_end=0.03)
+
+
+def test_label_space_class_takes_the_best_of_its_model_ids() -> None:
+    from diffclf.data.label_spaces import LabelSpace
+
+    module = _module(num_classes=4, strategy=Exhaustive(trials=4)).eval()
+    module.label_space = LabelSpace(("a", "b"), ((0, 2), (3,)), 4, "grouped")  # model class 1 is never scored
+    with torch.no_grad():  # DiT's zero init makes every class score alike; give classes distinct errors
+        for param in module.ema.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    x, index = torch.rand(3, 1, 8, 8) * 2 - 1, torch.arange(3)
+    result, scores, probs = module.classify(x, index)
+    assert result.candidates[0].tolist() == [0, 2, 3]
+    rank, p = result.rank_scores(), result.probs(1.0)
+    torch.testing.assert_close(scores, torch.stack([rank[:, :2].amax(1), rank[:, 2]], 1))
+    torch.testing.assert_close(probs, torch.stack([p[:, :2].sum(1), p[:, 2]], 1))
+    rows = module.predict_step((x, torch.tensor([0, 1, 0]), index), 0)
+    best = torch.stack([result.mean_error[:, :2].amin(1), result.mean_error[:, 2]], 1)
+    torch.testing.assert_close(torch.tensor([r["mean_error"] for r in rows]), best)
+    assert (result.mean_error[:, 0] != result.mean_error[:, 1]).all()
+    assert [r["num_draws"] for r in rows] == [[4, 4]] * 3
