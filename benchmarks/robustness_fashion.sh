@@ -2,15 +2,17 @@
 # The Fashion-MNIST robustness study: timm baselines and a diffusion classifier, ID (fashion_mnist)
 # and OOD (fashion_mnist_c, fashion_mnist_hard), 99.5% Clopper-Pearson intervals, effective robustness.
 #   bash benchmarks/robustness_fashion.sh DIT_CKPT [OUT]        (CPU: about an hour on 2 cores; N and C_LIMIT set the sizes)
+#   (LABEL names the DiT in the report, default DiT-T/4; IMAGE_SIZE is its input side, default 28)
 # DIT_CKPT is a DiffusionClassifier checkpoint trained with configs/fashion_mnist.yaml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIT=${1:?usage: robustness_fashion.sh DIT_CKPT [OUT]}
 OUT=${2:-runs/robustness_fashion}
-N=${N:-200}            # images per dataset (the same first N for every model)
-C_LIMIT=${C_LIMIT:-8}  # fashion_mnist_c: the first C_LIMIT test images under each corruption x severity (8 x 3 x 8 = 192)
+N=${N:-1000}           # images per dataset (the same first N for every model)
+C_LIMIT=${C_LIMIT:-40} # fashion_mnist_c: the first C_LIMIT test images under each corruption x severity (8 x 3 x 40 = 960)
 RESULTS=$OUT/results.jsonl
 mkdir -p "$OUT"
+rm -f "$RESULTS"   # every model is re-tested below; trained baselines are kept and reused
 common=(--trainer.enable_progress_bar=false --data.init_args.num_workers=0)
 
 # Discriminative baselines with different architectures and training budgets (steps of batch 128).
@@ -38,9 +40,10 @@ for data in fashion_mnist fashion_mnist_c fashion_mnist_hard; do
       --ckpt_path="$d/ckpt/last.ckpt"
   done
   python cli.py test --config configs/fashion_mnist.yaml --data "$data" "${common[@]}" \
-    --data.init_args.eval_limit="$N" --data.init_args.eval_batch_size=50 --trainer.logger=false \
+    --data.init_args.eval_limit="$N" --data.init_args.eval_batch_size=100 --data.init_args.image_size="${IMAGE_SIZE:-28}" \
+    --trainer.logger=false \
     --trainer.default_root_dir="$OUT/dit/$data" --model.init_args.results_dir="$OUT/dit/$data" \
-    --model.init_args.results_file="$RESULTS" --model.init_args.label=DiT-T/4 --model.init_args.ci_level=0.995 \
+    --model.init_args.results_file="$RESULTS" --model.init_args.label="${LABEL:-DiT-T/4}" --model.init_args.ci_level=0.995 \
     --model.strategy adaptive_fashion --ckpt_path="$DIT"
 done
 

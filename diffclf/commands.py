@@ -52,6 +52,45 @@ def sample(
     return str(path)
 
 
+def publish(ckpt_path: str, out: str) -> str:
+    """A release checkpoint from a training one: only the EMA weights (evaluation and sampling use them;
+    loading copies them into the training weights, so fine-tuning starts from them), the
+    hyperparameters that fix the architecture, and no optimizer state: a few MB instead of four
+    copies of the model. Loads with ``--ckpt_path`` like any checkpoint.
+    """
+    import torch
+
+    from diffclf.main import WEIGHT_HPARAMS
+
+    if not Path(ckpt_path).is_file():
+        raise SystemExit(f"error: --ckpt_path {ckpt_path}: no such checkpoint file")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", {})
+    ema = {k: v for k, v in state.items() if k.startswith("ema.")}
+    hparams = ckpt.get("hyper_parameters", {})
+    if not ema:
+        raise ValueError(f"--ckpt_path {ckpt_path}: no EMA weights (ema.*); expected a DiffusionClassifier checkpoint")
+    if hparams.get("pretrained") is not None:
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} was fine-tuned from model.pretrained={hparams['pretrained']}; "
+            "publish it with `python cli.py export` (a diffusers folder) instead"
+        )
+    keep = {k: v for k, v in hparams.items() if k in WEIGHT_HPARAMS or k == "_class_path"}
+    release = {
+        "state_dict": ema,
+        "hyper_parameters": keep,
+        "pytorch-lightning_version": ckpt.get("pytorch-lightning_version"),
+        "global_step": ckpt.get("global_step"),
+        "epoch": ckpt.get("epoch"),
+        "published_from": str(ckpt_path),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(release, out)
+    size = Path(out).stat().st_size / 2**20
+    print(f"published {out} ({size:.1f} MiB): EMA weights of global step {release['global_step']}")
+    return out
+
+
 def load_datamodule(spec: str, overrides: dict | None = None):
     """A data module from a preset name (``configs/data/NAME.yaml``) or a YAML file, with init_args overrides."""
     from jsonargparse import ArgumentParser
@@ -171,4 +210,5 @@ COMMANDS: dict[str, Callable[[list[str]], object]] = {
     "build-shift": _build_shift,
     "merge": _merge,
     "cache-latents": lambda argv: _run(cache_latents, argv),
+    "publish": lambda argv: _run(publish, argv),
 }

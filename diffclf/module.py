@@ -29,6 +29,7 @@ from diffclf.evaluation import (
     resolve_label_space,
 )
 from diffclf.models.dit import DiT, create_dit
+from diffclf.optim import LRSchedule, lr_factor
 from diffclf.strategies import Classification, Exhaustive, Strategy
 
 
@@ -47,6 +48,8 @@ class DiffusionClassifier(LightningModule):
             a posterior sample for training).
         class_dropout_prob: probability of replacing the label by the null class while training.
         lr, weight_decay, betas, warmup_steps: AdamW with a linear warmup, then constant (DiT).
+        lr_schedule, lr_final_ratio: ``cosine`` anneals the rate to ``lr * lr_final_ratio`` by the
+            trainer's last step (short budgets); ``constant`` is DiT's.
         ema_decay, ema_warmup: EMA of the weights; evaluation and sampling use it.
         val_timesteps: fixed timesteps of the validation eps-loss, so curves compare across runs.
         strategy: how to spend denoiser calls when classifying (default: exhaustive, 100 draws).
@@ -82,6 +85,8 @@ class DiffusionClassifier(LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
+        lr_final_ratio: float = 0.0,
         ema_decay: float = 0.9999,
         ema_warmup: bool = False,
         num_timesteps: int = 1000,
@@ -226,6 +231,13 @@ class DiffusionClassifier(LightningModule):
         decay = ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup)
         update_ema(self.ema, self.dit, decay)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A published checkpoint (``cli.py publish``) holds only the EMA weights: they become the
+        training weights too, so a fine-tune starts from them."""
+        state = checkpoint.get("state_dict", {})
+        if any(k.startswith("ema.") for k in state) and not any(k.startswith("dit.") for k in state):
+            state.update({"dit." + k[len("ema."):]: v.clone() for k, v in list(state.items()) if k.startswith("ema.")})
+
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
@@ -235,10 +247,15 @@ class DiffusionClassifier(LightningModule):
         hp = self.hparams
         params = [p for p in self.dit.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        if hp.warmup_steps <= 0:
+        if hp.warmup_steps <= 0 and hp.lr_schedule == "constant":
             return opt
-        warm = max(1, hp.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        total = self.trainer.estimated_stepping_batches if hp.lr_schedule == "cosine" else 0
+        if hp.lr_schedule == "cosine" and not 0 < total < float("inf"):
+            raise ValueError("model.lr_schedule=cosine needs a finite trainer.max_steps or trainer.max_epochs")
+        total = int(total)
+        args = (hp.warmup_steps, total, hp.lr_schedule, hp.lr_final_ratio)
+        lr_factor(0, *args)  # validates the options before any training
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, *args))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ validation

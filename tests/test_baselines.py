@@ -181,3 +181,11 @@ def test_load_classifier_refuses_missing_and_foreign_files(tmp_path: Path) -> No
     (tmp_path / "text.ckpt").write_text("hello")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         load_classifier(tmp_path / "text.ckpt")
+
+
+def test_a_given_patch_size_reaches_models_without_img_size() -> None:
+    """ConvNeXt takes no ``img_size``; its stem stride (``patch_size``) must still arrive: at 8x8 the
+    default stride 4 leaves nothing for the later downsampling layers."""
+    model = create_classifier("convnext_atto", num_classes=10, in_chans=1, img_size=8, patch_size=1).eval()
+    assert model.config["patch_size"] == 1
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)

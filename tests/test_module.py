@@ -194,3 +194,32 @@ def test_label_space_class_takes_the_best_of_its_model_ids() -> None:
     torch.testing.assert_close(torch.tensor([r["mean_error"] for r in rows]), best)
     assert (result.mean_error[:, 0] != result.mean_error[:, 1]).all()
     assert [r["num_draws"] for r in rows] == [[4, 4]] * 3
+
+
+def test_published_checkpoint_holds_the_ema_weights_only_and_reloads_them_bit_exact(
+    trained: tuple, tmp_path: Path
+) -> None:
+    from diffclf.commands import publish
+
+    module, ckpt, _ = trained
+    out = tmp_path / "release.ckpt"
+    publish(str(ckpt), str(out))
+    release = torch.load(out, map_location="cpu", weights_only=False)
+    assert set(release["state_dict"]) == {k for k in module.state_dict() if k.startswith("ema.")}
+    assert "optimizer_states" not in release and "lr" not in release["hyper_parameters"]
+    again = DiffusionClassifier.load_from_checkpoint(out, map_location="cpu")
+    for name, value in module.state_dict().items():
+        if name.startswith("ema."):
+            assert torch.equal(value.cpu(), again.state_dict()[name]), name
+            assert torch.equal(value.cpu(), again.state_dict()["dit." + name[4:]]), name  # fine-tunes from EMA
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([100, 700]), torch.tensor([1, 7])
+    assert torch.equal(module.ema.cpu()(x, t, y), again.ema(x, t, y))
+
+
+def test_publish_refuses_a_checkpoint_without_ema_weights(tmp_path: Path) -> None:
+    from diffclf.commands import publish
+
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {"dit.w": torch.zeros(1)}, "hyper_parameters": {}}, bad)
+    with pytest.raises(ValueError, match="no EMA weights"):
+        publish(str(bad), str(tmp_path / "out.ckpt"))

@@ -69,8 +69,9 @@ def create_classifier(
     if not timm.is_model(name):
         raise ValueError(f"{name!r} is not a timm model name (see timm.list_models())")
     pretrained = pretrained_file is not None
-    if not pretrained and name.startswith(VIT_PREFIXES) and img_size < 224:
-        kwargs.setdefault("patch_size", 4)
+    auto_patch = not pretrained and name.startswith(VIT_PREFIXES) and img_size < 224 and "patch_size" not in kwargs
+    if auto_patch:
+        kwargs["patch_size"] = 4
     common: dict[str, Any] = {"pretrained": pretrained, "num_classes": num_classes, "in_chans": in_chans}
     if pretrained:
         common["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
@@ -79,7 +80,8 @@ def create_classifier(
     except TypeError as err:
         if "img_size" not in str(err):
             raise
-        kwargs.pop("patch_size", None)
+        if auto_patch:  # only the default this function added; a patch_size the caller gave stays
+            kwargs.pop("patch_size")
         backbone = timm.create_model(name, **common, **kwargs)
     else:
         patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)

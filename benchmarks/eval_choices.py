@@ -1,0 +1,219 @@
+"""Evaluation choices of the diffusion classifier, measured: timesteps, weighting, error, draws.
+
+    python benchmarks/eval_choices.py --ckpt_path CKPT --data fashion_mnist --limit 1000 \
+        --out benchmarks/results/eval_choices_fashion
+
+Every row classifies the same test images exhaustively (all classes, the same shared draws for
+every class of an image) through ``DiffusionClassifier.classify``, the path ``cli.py test`` uses,
+with one scoring option changed from the reference (L2, even grid over [0, 1000), no weighting):
+- ``t_range``: truncated timestep ranges (each row spends the same number of draws inside its range);
+- ``design``: stratified random timesteps instead of the even grid;
+- ``error``: L1 instead of L2;
+- ``weighting``: Clark & Jaini's ``exp(-k t/T)`` (x0-space) for several rates ``k``. These rows
+  reweight the reference's per-draw errors instead of calling the denoiser again: the weighted
+  error is the mean over draws of ``w(t_k) e_k``, so only the weights change. One rate is also run
+  live and the reweighted predictions are checked against it;
+- draws: prefixes of the reference's draws (its order makes every prefix span the range).
+Strategies (which classes get how many draws) are measured by ``benchmarks/strategies.py``.
+Writes ``OUT.json`` and ``OUT.md``: accuracy with its exact 95% interval, forwards and seconds per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+REPO = Path(__file__).resolve().parent.parent
+for path in (REPO, REPO / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from strategies import git, machine, pct, run_live  # noqa: E402
+from training_curve import parse_data_args  # noqa: E402
+
+from diffclf.commands import load_datamodule  # noqa: E402
+from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
+from diffclf.module import DiffusionClassifier  # noqa: E402
+from diffclf.strategies import Exhaustive  # noqa: E402
+
+REFERENCE = {"design": "even", "error": "l2", "weighting": "none", "weight_rate": 7.0, "t_range": None}
+LIVE_ROWS: list[tuple[str, dict]] = [
+    ("reference: L2, even grid, t in [0, 1000)", {}),
+    ("t in [0, 500)", {"t_range": (0, 500)}),
+    ("t in [100, 700)", {"t_range": (100, 700)}),
+    ("t in [250, 750)", {"t_range": (250, 750)}),
+    ("t in [500, 1000)", {"t_range": (500, 1000)}),
+    ("t in [475, 525) (narrow band)", {"t_range": (475, 525)}),
+    ("stratified random t", {"design": "stratified"}),
+    ("L1 error", {"error": "l1"}),
+    ("exp weighting k=7 (live)", {"weighting": "exp", "weight_rate": 7.0}),
+]
+REWEIGHT_RATES = (1.0, 3.0, 7.0, 15.0)
+
+
+def accuracy_row(name: str, pred: Tensor, target: Tensor, forwards: float, seconds: float | None) -> dict:
+    n, k = int(target.numel()), int((pred == target).sum())
+    low, high = clopper_pearson(k, n, 0.95)
+    return {
+        "name": name, "images": n, "correct": k, "accuracy": k / n, "ci_low": low, "ci_high": high,
+        "forwards_per_image": forwards, "seconds_per_image": None if seconds is None else seconds / n,
+    }
+
+
+def exp_weights(module: DiffusionClassifier, rate: float) -> Tensor:
+    """The scorer's own ``(T,)`` exp weights for ``rate``, so the reweighting uses one definition."""
+    module.hparams.weighting, module.hparams.weight_rate = "exp", rate
+    module._scorer = None
+    try:
+        return module.scorer().weights()
+    finally:
+        module.hparams.weighting, module.hparams.weight_rate = REFERENCE["weighting"], REFERENCE["weight_rate"]
+        module._scorer = None
+
+
+def markdown(meta: dict, rows: list[dict]) -> str:
+    lines = [
+        f"# Evaluation choices on {meta['data']} ({meta['images']} test images, exhaustive over {meta['classes']} classes)",
+        "",
+        f"- date: {meta['date']}",
+        f"- device: {meta['device']['device']}; 1-min load average before/after in the JSON",
+        f"- torch {meta['torch']}, git commit {meta['commit']}" + (" (working tree dirty)" if meta["dirty"] else ""),
+        f"- checkpoint: `{meta['ckpt_path']}` (global step {meta['global_step']})",
+        f"- draws per class: {meta['draws']}, scoring precision {meta['precision']}, seed {meta['seed']}",
+        f"- live reweighting check (k=7 reweighted vs live): predictions equal on "
+        f"{meta['reweight_check']['agreement'] * 100:.2f}% of images, max |Δ mean error| "
+        f"{meta['reweight_check']['max_abs_diff']:.2e}",
+        f"- command: `{meta['command']}`",
+        "",
+        "| choice | accuracy % [95% CP] | Δ vs reference (pts) | forwards/image | s/image |",
+        "|---|---|---|---|---|",
+    ]
+    ref = rows[0]["accuracy"]
+    for r in rows:
+        sec = "-" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.3f}"
+        lines.append(
+            f"| {r['name']} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
+            f"| {100 * (r['accuracy'] - ref):+.2f} | {r['forwards_per_image']:.0f} | {sec} |"
+        )
+    lines += [
+        "",
+        "Rows without seconds reuse the reference's per-draw errors (prefixes of its draws, or its errors "
+        "reweighted by `exp(-k t/T)/SNR(t)`); they cost what their forwards say.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ckpt_path", required=True)
+    ap.add_argument("--data", default="digits", help="data preset or YAML (its test split is classified)")
+    ap.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
+    ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
+    ap.add_argument("--limit", type=int, default=None, help="the first N test images")
+    ap.add_argument("--draws", type=int, default=100, help="draws per class of every live row")
+    ap.add_argument("--prefixes", type=int, nargs="+", default=[5, 10, 20, 50])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--precision", choices=["32", "bf16"], default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python benchmarks/eval_choices.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    dm = load_datamodule(args.data, parse_data_args(args.data_arg))
+    dm.setup("test")
+    batches, seen = [], 0
+    for images, target, index in dm.test_dataloader():
+        take = len(index) if args.limit is None else min(len(index), args.limit - seen)
+        if take > 0:
+            batches.append((images[:take], target[:take], index[:take]))
+        seen += take
+        if args.limit is not None and seen >= args.limit:
+            break
+    module = DiffusionClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+    module.eval()
+    module.label_space = dm.label_space
+    hp = module.hparams
+    hp.update(REFERENCE)
+    if args.precision is not None:
+        hp.score_precision = args.precision
+    strategy = Exhaustive(trials=args.draws)
+
+    rows, runs = [], {}
+    for name, change in LIVE_ROWS:
+        hp.update({**REFERENCE, **change})
+        print(f"{name} ...", flush=True)
+        run = run_live(module, strategy, batches, keep_table=True)
+        runs[name] = run
+        row = accuracy_row(name, run["pred"], run["target"], float(run["forwards"].double().mean()), run["seconds"])
+        row.update(change=change, loadavg_1min_before_after=run["loadavg_1min"])
+        rows.append(row)
+        print(f"    {pct(row['accuracy'])}% [{pct(row['ci_low'])}, {pct(row['ci_high'])}]", flush=True)
+    hp.update(REFERENCE)
+
+    ref_name = LIVE_ROWS[0][0]
+    ref = runs[ref_name]
+    errors, target, cand = ref["errors"], ref["target"], ref["candidates"]  # (N, M, D), (M,)
+    hp.update(REFERENCE)
+    module._scorer = None
+    t = module.scorer().timesteps(ref["index"])  # (N, D): the reference's timesteps, draw order
+    m = errors.shape[1]
+
+    def predict(err: Tensor) -> Tensor:
+        return cand[err.argmin(dim=1)]
+
+    derived = []
+    for d in args.prefixes:
+        if d < args.draws:
+            pred = predict(errors[:, :, :d].mean(dim=-1))
+            derived.append(accuracy_row(f"{d} draws per class (prefix)", pred, target, float(m * d), None))
+    for rate in REWEIGHT_RATES:
+        w = exp_weights(module, rate)[t]  # (N, D)
+        pred = predict((errors * w.unsqueeze(1)).mean(dim=-1))
+        derived.append(accuracy_row(f"exp weighting k={rate:g} (reweighted)", pred, target, float(m * args.draws), None))
+    live = runs["exp weighting k=7 (live)"]
+    w7 = exp_weights(module, 7.0)[t]
+    re7 = (errors * w7.unsqueeze(1)).mean(dim=-1)
+    check = {
+        "agreement": float((predict(re7) == live["pred"]).double().mean()),
+        "max_abs_diff": float((re7 - live["errors"].mean(dim=-1)).abs().max()),
+    }
+    rows += derived
+
+    ckpt = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": machine(),
+        "torch": torch.__version__,
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "command": command,
+        "ckpt_path": args.ckpt_path,
+        "global_step": ckpt.get("global_step"),
+        "data": args.data,
+        "images": rows[0]["images"],
+        "classes": m,
+        "draws": args.draws,
+        "precision": hp.score_precision,
+        "seed": hp.seed,
+        "reweight_check": check,
+        "cpu_count": os.cpu_count(),
+    }
+    result = {"meta": meta, "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(markdown(meta, rows))
+    print(markdown(meta, rows))
+    return result
+
+
+if __name__ == "__main__":
+    main()
