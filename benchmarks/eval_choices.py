@@ -163,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
     ref_name = LIVE_ROWS[0][0]
     ref = runs[ref_name]
     errors, target, cand = ref["errors"], ref["target"], ref["candidates"]  # (N, M, D), (M,)
-    hp.update(REFERENCE)
     module._scorer = None
     t = module.scorer().timesteps(ref["index"])  # (N, D): the reference's timesteps, draw order
     m = errors.shape[1]
