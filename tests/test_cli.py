@@ -16,7 +16,8 @@ LOCAL_DATA_CONFIGS = [p for p in ROOT_CONFIGS if p.stem in ("quickstart", "fashi
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FAST = [
     "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-    "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
+    "--trainer.check_val_every_n_epoch=1", "--trainer.val_check_interval=1.0", "--trainer.max_steps=-1",
+    "--trainer.enable_progress_bar=false",
 ]
 
 
