@@ -44,6 +44,10 @@ class DiffusionClassifier(LightningModule):
         learn_sigma: predict the variance too (2C output channels), trained with DiT's VLB term.
         model_kwargs: overrides of the preset (e.g. ``{"depth": 4}``).
         pretrained: a DiT checkpoint (original ``.pt`` or a diffusers folder) to start from.
+        init_from: a diffclf checkpoint (a training or a published one) whose EMA weights start this
+            training run: a fine-tune or a warm restart with a new schedule. Its architecture must equal
+            this model's. Copied in when ``fit`` starts, so resuming with ``--ckpt_path`` still restores
+            the run's own weights, and evaluation never needs the file.
         vae: local SD-VAE folder; images are then encoded to latents (mean for scoring,
             a posterior sample for training).
         class_dropout_prob: probability of replacing the label by the null class while training.
@@ -57,6 +61,8 @@ class DiffusionClassifier(LightningModule):
             (see ``diffclf.diffusion.scoring``).
         score_batch_size: denoiser calls per forward while classifying.
         score_precision: ``bf16`` runs the denoiser under autocast; errors accumulate in fp32.
+        score_compile: run the scoring denoiser through ``torch.compile`` (fuses the small elementwise
+            ops of narrow DiTs: 1.36x forwards/s for DiT-T/4 on one CPU core); the weights are the same.
         temperature: ``p(c|x) = softmax(-err_c / temperature)``.
         seed: the draws for an image depend only on this seed and the image's dataset index.
         ci_level: level of the Clopper-Pearson interval reported by ``test``.
@@ -79,6 +85,7 @@ class DiffusionClassifier(LightningModule):
         learn_sigma: bool = False,
         model_kwargs: dict[str, Any] | None = None,
         pretrained: str | None = None,
+        init_from: str | None = None,
         vae: str | None = None,
         class_dropout_prob: float = 0.1,
         lr: float = 1e-4,
@@ -102,6 +109,7 @@ class DiffusionClassifier(LightningModule):
         t_range: tuple[int, int] | None = None,
         score_batch_size: int = 512,
         score_precision: Literal["32", "bf16"] = "32",
+        score_compile: bool = False,
         temperature: float = 1.0,
         seed: int = 0,
         ci_level: float = 0.95,
@@ -304,8 +312,36 @@ class DiffusionClassifier(LightningModule):
         save_image_grid(imgs.clamp(-1, 1), path, nrow=per_class)
         return path
 
+    def load_init_weights(self, path: str) -> None:
+        """Copy a diffclf checkpoint's EMA weights into both the trained and the EMA DiT."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model.init_from {path}: no such checkpoint file")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
+            raise ValueError(f"model.init_from {path}: not a readable checkpoint ({type(err).__name__})") from None
+        state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+        ema = {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
+        if not ema:
+            raise ValueError(f"model.init_from {path}: no EMA weights (ema.*); expected a diffclf DiffusionClassifier checkpoint")
+        theirs = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if k in _ARCH_HPARAMS}
+        ours = {k: self.hparams[k] for k in theirs}
+        if theirs != ours:
+            diff = ", ".join(f"{k}={theirs[k]!r} (this model: {ours[k]!r})" for k in theirs if theirs[k] != ours[k])
+            raise ValueError(f"model.init_from {path}: its architecture differs: {diff}")
+        for target in (self.dit, self.ema):
+            missing, unexpected = target.load_state_dict(ema, strict=False)
+            if missing or unexpected:
+                raise ValueError(
+                    f"model.init_from {path}: weights do not fit this model (missing {missing[:3]}, "
+                    f"unexpected {unexpected[:3]})"
+                )
+
     # ------------------------------------------------------------------ classification
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.init_from is not None:
+            # Before Lightning restores a --ckpt_path (it does so after setup), so a resume wins.
+            self.load_init_weights(self.hparams.init_from)
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         self.label_space = resolve_label_space(self, self.hparams.num_classes)
         space = getattr(dm, "label_space", None)
@@ -314,7 +350,12 @@ class DiffusionClassifier(LightningModule):
         self.inputs_are_latents = getattr(dm, "input_space", "pixels") == "latents"
 
     def _denoise(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        return self.ema(x_t, t, y)
+        if not self.hparams.score_compile:
+            return self.ema(x_t, t, y)
+        if getattr(self, "_compiled_ema", None) is None:
+            # Not a registered submodule: checkpoints keep one copy of the weights under ``ema.``.
+            object.__setattr__(self, "_compiled_ema", torch.compile(self.ema))
+        return self._compiled_ema(x_t, t, y)
 
     def scorer(self) -> Scorer:
         """The shared-noise scorer, sized for the strategy (rebuilt when the device or the strategy's draws change)."""
@@ -393,7 +434,7 @@ class DiffusionClassifier(LightningModule):
             "scoring": {
                 "design": hp.design, "noise": hp.noise, "error": hp.error, "weighting": hp.weighting,
                 "weight_rate": hp.weight_rate, "t_range": hp.t_range, "precision": hp.score_precision,
-                "temperature": hp.temperature,
+                "compile": hp.score_compile, "temperature": hp.temperature,
             },
             "ci_level": hp.ci_level,
             "results_dir": hp.results_dir,
@@ -434,6 +475,10 @@ class DiffusionClassifier(LightningModule):
              "mean_error": e, "num_draws": d, "probs": p}
             for i, y, t5, f, e, d, p in cols
         ]
+
+
+# Hyperparameters that decide whether one DiT's weights fit another.
+_ARCH_HPARAMS = ("model", "input_size", "in_channels", "num_classes", "learn_sigma", "model_kwargs")
 
 
 def per_index_noise(index: Tensor, shape: tuple[int, ...] | torch.Size, seed: int) -> Tensor:

@@ -223,3 +223,70 @@ def test_publish_refuses_a_checkpoint_without_ema_weights(tmp_path: Path) -> Non
     torch.save({"state_dict": {"dit.w": torch.zeros(1)}, "hyper_parameters": {}}, bad)
     with pytest.raises(ValueError, match="no EMA weights"):
         publish(str(bad), str(tmp_path / "out.ckpt"))
+
+
+def test_init_from_starts_training_from_a_published_checkpoint_and_a_resume_wins(
+    trained: tuple, tmp_path: Path
+) -> None:
+    from lightning.pytorch.callbacks import Callback
+
+    from diffclf.commands import publish
+
+    module, ckpt, _ = trained
+    release = tmp_path / "release.ckpt"
+    publish(str(ckpt), str(release))
+    seen: dict = {}
+
+    class Capture(Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            seen["dit"] = {k: v.detach().clone() for k, v in pl_module.dit.state_dict().items()}
+            seen["ema"] = {k: v.detach().clone() for k, v in pl_module.ema.state_dict().items()}
+
+    fine = _module(init_from=str(release), results_dir=str(tmp_path))
+    trainer = _trainer(tmp_path, max_steps=2, callbacks=[Capture()], num_sanity_val_steps=0, limit_val_batches=0,
+                       enable_checkpointing=False)
+    trainer.fit(fine, datamodule=DigitsDataModule(batch_size=32))
+    for name, value in module.ema.state_dict().items():
+        assert torch.equal(seen["ema"][name], value.cpu()), name
+        assert torch.equal(seen["dit"][name], value.cpu()), name  # training starts from the EMA weights
+    assert trainer.global_step == 2  # a new run: step and optimizer start afresh
+
+    # Resuming a run restores its own weights, not the init_from ones.
+    run_ckpt = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(run_ckpt)
+    saved = torch.load(run_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    seen.clear()
+    _trainer(tmp_path, max_steps=3, callbacks=[Capture()], num_sanity_val_steps=0, limit_val_batches=0,
+             enable_checkpointing=False).fit(
+        _module(init_from=str(release), results_dir=str(tmp_path)), datamodule=DigitsDataModule(batch_size=32),
+        ckpt_path=run_ckpt,
+    )
+    for name, value in seen["dit"].items():
+        assert torch.equal(value, saved[f"dit.{name}"]), name
+    assert not all(torch.equal(seen["dit"][k], v.cpu()) for k, v in module.ema.state_dict().items())
+
+
+def test_init_from_refuses_another_architecture(trained: tuple, tmp_path: Path) -> None:
+    _, ckpt, _ = trained
+    other = _module(init_from=str(ckpt), model_kwargs={"depth": 2})
+    with pytest.raises(ValueError, match=r"init_from .*architecture differs: model_kwargs"):
+        _trainer(tmp_path, max_steps=1).fit(other, datamodule=DigitsDataModule(batch_size=16))
+    with pytest.raises(FileNotFoundError, match="init_from .*no such checkpoint"):
+        _trainer(tmp_path, max_steps=1).fit(_module(init_from=str(tmp_path / "none.ckpt")),
+                                            datamodule=DigitsDataModule(batch_size=16))
+
+
+def test_compiled_scoring_gives_the_eager_predictions(trained: tuple) -> None:
+    module, _, _ = trained
+    module = module.cpu().eval()
+    x, index = torch.rand(6, 1, 8, 8) * 2 - 1, torch.arange(6)
+    module.hparams.score_compile = False
+    eager, eager_scores, _ = module.classify(x, index)
+    module.hparams.score_compile = True
+    try:
+        compiled, compiled_scores, _ = module.classify(x, index)
+    finally:
+        module.hparams.score_compile = False
+    assert "_compiled_ema" not in dict(module.named_modules())  # checkpoints keep one copy of the weights
+    assert torch.equal(eager_scores.argmax(1), compiled_scores.argmax(1))
+    torch.testing.assert_close(compiled.mean_error, eager.mean_error, rtol=1e-4, atol=1e-6)
