@@ -35,10 +35,8 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from strategies import git, machine, pct, run_live  # noqa: E402
-from training_curve import parse_data_args  # noqa: E402
+from strategies import git, machine, pct, run_live, test_batches  # noqa: E402
 
-from diffclf.commands import load_datamodule  # noqa: E402
 from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
 from diffclf.module import DiffusionClassifier  # noqa: E402
 from diffclf.strategies import Exhaustive  # noqa: E402
@@ -122,6 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prefixes", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--precision", choices=["32", "bf16"], default=None)
+    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,16 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    dm = load_datamodule(args.data, parse_data_args(args.data_arg))
-    dm.setup("test")
-    batches, seen = [], 0
-    for images, target, index in dm.test_dataloader():
-        take = len(index) if args.limit is None else min(len(index), args.limit - seen)
-        if take > 0:
-            batches.append((images[:take], target[:take], index[:take]))
-        seen += take
-        if args.limit is not None and seen >= args.limit:
-            break
+    dm, batches = test_batches(args.data, args.data_arg, args.limit)
     module = DiffusionClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     module.eval()
     module.label_space = dm.label_space
@@ -146,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     hp.update(REFERENCE)
     if args.precision is not None:
         hp.score_precision = args.precision
+    hp.score_compile = args.compile
     strategy = Exhaustive(trials=args.draws)
 
     rows, runs = [], {}

@@ -48,17 +48,46 @@ TRAINING_BUDGET = (
 )
 
 
-def default_strategies() -> list[tuple[str, Strategy]]:
-    """The reference first, then the schedules the issue asks for (all with max_draws = 100)."""
+def default_strategies(draws: int = 100) -> list[tuple[str, Strategy]]:
+    """The reference first, then the schedules the issue asks for (all with max_draws = ``draws``;
+    early stages keep their absolute sizes, the last one ends at ``draws``)."""
+    d = draws
     return [
-        ("exhaustive", Exhaustive(trials=100)),
-        ("adaptive [2,1]x[10,100]", Adaptive(keep=[2, 1], trials=[10, 100])),
-        ("adaptive [3,1]x[5,100]", Adaptive(keep=[3, 1], trials=[5, 100])),
-        ("adaptive [4,2,1]x[5,20,100]", Adaptive(keep=[4, 2, 1], trials=[5, 20, 100])),
-        ("ttest a=0.002 min=20", PairedTTest(alpha=0.002, min_trials=20, max_trials=100, round_size=10)),
-        ("ttest a=0.05 min=10", PairedTTest(alpha=0.05, min_trials=10, max_trials=100, round_size=10)),
-        ("ttest a=0.1 min=10 round=5", PairedTTest(alpha=0.1, min_trials=10, max_trials=100, round_size=5)),
+        ("exhaustive", Exhaustive(trials=d)),
+        (f"adaptive [2,1]x[10,{d}]", Adaptive(keep=[2, 1], trials=[10, d])),
+        (f"adaptive [3,1]x[5,{d}]", Adaptive(keep=[3, 1], trials=[5, d])),
+        (f"adaptive [4,2,1]x[5,20,{d}]", Adaptive(keep=[4, 2, 1], trials=[5, 20, d])),
+        ("ttest a=0.002 min=20", PairedTTest(alpha=0.002, min_trials=20, max_trials=d, round_size=10)),
+        ("ttest a=0.05 min=10", PairedTTest(alpha=0.05, min_trials=10, max_trials=d, round_size=10)),
+        ("ttest a=0.1 min=10 round=5", PairedTTest(alpha=0.1, min_trials=10, max_trials=d, round_size=5)),
     ]
+
+
+def parse_data_args(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` command-line pairs as data init_args overrides."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --data_arg {pair!r}: expected KEY=VALUE (a data init_arg)")
+        out[key] = value
+    return out
+
+
+def test_batches(data: str, data_args: list[str], limit: int | None) -> tuple[object, list]:
+    """The data module (set up for test) and its first ``limit`` test images as ``(images, target, index)``
+    batches; every benchmark classifies exactly these."""
+    dm = load_datamodule(data, parse_data_args(data_args))
+    dm.setup("test")
+    batches, seen = [], 0
+    for images, target, index in dm.test_dataloader():
+        take = len(index) if limit is None else min(len(index), limit - seen)
+        if take > 0:
+            batches.append((images[:take], target[:take], index[:take]))
+        seen += take
+        if limit is not None and seen >= limit:
+            break
+    return dm, batches
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -394,8 +423,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ckpt_path", help="the checkpoint to classify with (required unless --render)")
     ap.add_argument("--data", default="digits", help="data preset or YAML (its test split is classified)")
+    ap.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--draws", type=int, default=100, help="draws per class of the exhaustive reference")
+    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
     ap.add_argument(
         "--precision",
         choices=["32", "bf16"],
@@ -445,22 +477,7 @@ def main(argv: list[str] | None = None) -> dict:
         ]
     )
 
-    dm = load_datamodule(args.data)
-    dm.setup("test")
-    batches = []
-    seen = 0
-    for images, target, index in dm.test_dataloader():
-        if args.limit is not None:
-            images, target, index = (
-                images[: args.limit - seen],
-                target[: args.limit - seen],
-                index[: args.limit - seen],
-            )
-        if len(index):
-            batches.append((images, target, index))
-        seen += len(index)
-        if args.limit is not None and seen >= args.limit:
-            break
+    dm, batches = test_batches(args.data, args.data_arg, args.limit)
     module = DiffusionClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     module.eval()
     module.label_space = dm.label_space
@@ -468,8 +485,9 @@ def main(argv: list[str] | None = None) -> dict:
     hp = module.hparams
     if args.precision is not None:
         hp.score_precision = args.precision
+    hp.score_compile = args.compile
 
-    strategies = default_strategies()
+    strategies = default_strategies(args.draws)
     rows, live_runs = [], {}
     ref = None
     for i, (name, strategy) in enumerate(strategies):

@@ -28,9 +28,8 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from strategies import git, machine, pct, run_live  # noqa: E402
+from strategies import git, machine, parse_data_args, pct, run_live, test_batches  # noqa: E402
 
-from diffclf.commands import load_datamodule  # noqa: E402
 from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
 from diffclf.module import DiffusionClassifier, describe_strategy  # noqa: E402
 from diffclf.strategies import Adaptive  # noqa: E402
@@ -47,15 +46,6 @@ def val_losses(metrics: Path) -> dict[int, float]:
                 out[int(row["step"])] = float(row["val/loss"])
     return out
 
-
-def parse_data_args(pairs: list[str]) -> dict[str, str]:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --data_arg {pair!r}: expected KEY=VALUE (a data init_arg)")
-        out[key] = value
-    return out
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -88,7 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keep", type=int, nargs="+", default=[2, 1])
     ap.add_argument("--trials", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--batch_size", type=int, default=128, help="the run's training batch (images seen = step x this)")
-    ap.add_argument("--precision", choices=["32", "bf16"], default="bf16")
+    ap.add_argument("--init_ckpt", default=None,
+                    help="the checkpoint the run started from (model.init_from): measured as step 0")
+    ap.add_argument("--step_offset", type=int, default=0,
+                    help="steps of the earlier stage(s) the run continued, added to every step (images seen)")
+    ap.add_argument("--precision", choices=["32", "bf16"], default="32")
+    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
     args = ap.parse_args(argv)
@@ -100,17 +95,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     if not ckpts:
         raise SystemExit(f"error: --run_dir {run}: no checkpoints/*step=N*.ckpt files")
+    if args.init_ckpt:
+        ckpts.insert(0, (0, Path(args.init_ckpt)))
     metrics = run / "metrics.csv"
     losses = val_losses(metrics) if metrics.is_file() else {}
-    dm = load_datamodule(args.data, parse_data_args(args.data_arg))
-    dm.setup("test")
-    batches, seen = [], 0
-    for images, target, index in dm.test_dataloader():
-        take = min(len(index), args.limit - seen)
-        batches.append((images[:take], target[:take], index[:take]))
-        seen += take
-        if seen >= args.limit:
-            break
+    dm, batches = test_batches(args.data, args.data_arg, args.limit)
     strategy = Adaptive(keep=args.keep, trials=args.trials)
     rows = []
     for step, path in ckpts:
@@ -118,11 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
         module.eval()
         module.label_space = dm.label_space
         module.hparams.score_precision = args.precision
+        module.hparams.score_compile = args.compile
         res = run_live(module, strategy, batches, keep_table=False)
         n, k = int(res["target"].numel()), int((res["pred"] == res["target"]).sum())
         low, high = clopper_pearson(k, n, 0.95)
         rows.append({
-            "step": step, "images_seen": step * args.batch_size, "checkpoint": str(path),
+            "step": step, "images_seen": (args.step_offset + step) * args.batch_size, "checkpoint": str(path),
             "val_loss": losses.get(step - 1, losses.get(step)), "images": n, "correct": k, "accuracy": k / n,
             "ci_low": low, "ci_high": high, "forwards_per_image": float(res["forwards"].double().mean()),
             "seconds_per_image": res["seconds"] / n,

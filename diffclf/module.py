@@ -57,8 +57,9 @@ class DiffusionClassifier(LightningModule):
         ema_decay, ema_warmup: EMA of the weights; evaluation and sampling use it.
         val_timesteps: fixed timesteps of the validation eps-loss, so curves compare across runs.
         strategy: how to spend denoiser calls when classifying (default: exhaustive, 100 draws).
-        design, noise, error, weighting, weight_rate, t_range: how draws are made and scored
-            (see ``diffclf.diffusion.scoring``).
+        design, noise, error, weighting, weight_rate, t_range, flip_views: how draws are made and
+            scored (see ``diffclf.diffusion.scoring``); ``flip_views`` only suits models trained with
+            random horizontal flips.
         score_batch_size: denoiser calls per forward while classifying.
         score_precision: ``bf16`` runs the denoiser under autocast; errors accumulate in fp32.
         score_compile: run the scoring denoiser through ``torch.compile`` (fuses the small elementwise
@@ -107,6 +108,7 @@ class DiffusionClassifier(LightningModule):
         weighting: Literal["none", "exp"] = "none",
         weight_rate: float = 7.0,
         t_range: tuple[int, int] | None = None,
+        flip_views: bool = False,
         score_batch_size: int = 512,
         score_precision: Literal["32", "bf16"] = "32",
         score_compile: bool = False,
@@ -366,7 +368,7 @@ class DiffusionClassifier(LightningModule):
                 self._denoise, self.schedule, hp.in_channels,
                 max_draws=self.strategy.max_draws, design=hp.design, noise=hp.noise, error=hp.error,
                 weighting=hp.weighting, weight_rate=hp.weight_rate, t_range=hp.t_range,
-                batch_size=hp.score_batch_size,
+                flip_views=hp.flip_views, batch_size=hp.score_batch_size,
                 autocast_dtype=torch.bfloat16 if hp.score_precision == "bf16" else None,
                 seed=hp.seed, num_classes=hp.num_classes,
             )
@@ -433,8 +435,8 @@ class DiffusionClassifier(LightningModule):
             "seed": hp.seed,
             "scoring": {
                 "design": hp.design, "noise": hp.noise, "error": hp.error, "weighting": hp.weighting,
-                "weight_rate": hp.weight_rate, "t_range": hp.t_range, "precision": hp.score_precision,
-                "compile": hp.score_compile, "temperature": hp.temperature,
+                "weight_rate": hp.weight_rate, "t_range": hp.t_range, "flip_views": hp.flip_views,
+                "precision": hp.score_precision, "compile": hp.score_compile, "temperature": hp.temperature,
             },
             "ci_level": hp.ci_level,
             "results_dir": hp.results_dir,

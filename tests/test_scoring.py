@@ -257,3 +257,35 @@ def test_device_follows_the_denoiser_or_the_last_call() -> None:
         math.exp(-3.5) / float(SCHEDULE.snr(torch.tensor(500))),
         rel_tol=1e-6,
     )
+
+
+@pytest.mark.parametrize("max_draws", [8, 12, 100, 250])
+def test_mirrored_views_split_every_prefix_and_every_quarter_of_the_range(max_draws: int) -> None:
+    scorer = make(max_draws=max_draws, flip_views=True)
+    views = scorer.mirrored()
+    t = scorer.timesteps(torch.tensor([0]))[0]
+    for k in range(1, max_draws + 1):  # every prefix: half of each view, to within two draws
+        assert abs(2 * int(views[:k].sum()) - k) <= 3, k
+    for lo in range(0, SCHEDULE.num_timesteps, 250):  # every quarter of the range: half, to within one draw
+        quarter = (t >= lo) & (t < lo + 250)
+        assert abs(2 * int(views[quarter].sum()) - int(quarter.sum())) <= 1, lo
+    assert not make(max_draws=max_draws).mirrored().any()
+
+
+def test_a_mirrored_draw_scores_the_mirror_image_and_the_others_the_image() -> None:
+    x, index, cand = images(3), torch.arange(3), torch.arange(NUM_CLASSES)
+    # A denoiser that is not mirror-symmetric, so a wrong view would change the errors.
+    def lopsided(x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return smooth_denoiser(x_t, t, y) + 0.3 * x_t.cumsum(-1)
+
+    tables = {}
+    for name, img, flip in (("views", x, True), ("plain", x, False), ("mirror", x.flip(-1), False)):
+        scorer = make(lopsided, max_draws=16, flip_views=flip, batch_size=29)
+        table = scorer.new_table(img, cand)
+        scorer.score(table, img, index, 0, 16)
+        tables[name] = table.errors
+    views = make(max_draws=16, flip_views=True).mirrored()
+    assert 0 < int(views.sum()) < 16
+    assert torch.equal(tables["views"][:, :, views], tables["mirror"][:, :, views])
+    assert torch.equal(tables["views"][:, :, ~views], tables["plain"][:, :, ~views])
+    assert not torch.allclose(tables["plain"][:, :, views], tables["mirror"][:, :, views])

@@ -27,6 +27,14 @@ Design choices and why:
   gathering inside the chunk; all indices are made once per call and nothing is copied to the
   host inside the loop. Errors are computed and stored in fp32 even when the denoiser runs under
   bf16 autocast.
+- **Mirrored views (optional)**: a model trained with random horizontal flips models ``x`` and its
+  mirror image alike, so both are views of one likelihood. With ``flip_views`` a draw sees the
+  mirror image when its grid position has an odd number of set bits (Thue-Morse): neighbouring
+  positions ``2i`` and ``2i+1`` always differ, so both views cover the timestep range evenly, and as
+  the draw order is bit-reversed (which keeps the set bits), every prefix of draws is split in half
+  to within two draws. It costs nothing (the same number of
+  forwards) and averages the model's own error over the two views; classes stay paired because a
+  draw's view, like its ``(t, eps)``, is the same for every class.
 - **Results live in a** :class:`ScoreTable` holding every per-draw error (NaN where not scored):
   the paired t-test needs classes paired on the same draws, and sums, squared sums and counts
   (what any strategy needs to continue a table later) are derived from it deterministically,
@@ -147,6 +155,8 @@ class Scorer:
             ``exp(-rate t/T) / SNR(t)`` on the eps error.
         weight_rate: the ``rate`` of ``exp`` weighting.
         t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)``.
+        flip_views: half of the draws see the image mirrored left-right (only for models trained
+            with horizontal flips; see the module docstring).
         batch_size: denoiser evaluations per forward.
         autocast_dtype: run the denoiser under ``torch.autocast`` with this dtype (errors stay fp32).
         seed: the draws depend only on this seed and the dataset index.
@@ -166,6 +176,7 @@ class Scorer:
         weighting: Literal["none", "exp"] = "none",
         weight_rate: float = 7.0,
         t_range: tuple[int, int] | None = None,
+        flip_views: bool = False,
         batch_size: int = 512,
         autocast_dtype: torch.dtype | None = None,
         seed: int = 0,
@@ -209,6 +220,8 @@ class Scorer:
         self.num_classes = int(num_classes)
         self._order = torch.tensor(spread_order(self.max_draws), dtype=torch.long)
         self._grid = torch.tensor(even_grid(self.max_draws, lo, hi), dtype=torch.long)[self._order]
+        self.flip_views = bool(flip_views)
+        self._mirrored = torch.tensor([bin(p).count("1") % 2 == 1 for p in self._order.tolist()])
         self._shared_t = self._draw_t(_SHARED_KEY) if noise == "shared" else None
         self._last_device: torch.device | None = None
         self._device_tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
@@ -297,6 +310,14 @@ class Scorer:
             self._draw_eps(int(i), start, stop, shape, out[row])
         return out
 
+    def mirrored(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """``(stop-start,)`` bool: which of draws ``[start, stop)`` see the mirrored image (none without
+        ``flip_views``)."""
+        stop = self.max_draws if stop is None else stop
+        self._check_range(start, stop)
+        views = self._mirrored[start:stop]
+        return views if self.flip_views else torch.zeros_like(views)
+
     # ------------------------------------------------------------------ tables
     def check_candidates(self, candidates: Tensor | None, batch: int, device: torch.device) -> Tensor:
         """Candidates as a ``(B, M)`` long tensor on ``device``; rejects ids outside the model's classes."""
@@ -379,6 +400,8 @@ class Scorer:
         pair_r = row_of[pairs[:, 0]].to(device)
         sqrt_ab, sqrt_1mab, weights = self._tables(device)
         xf = x.float()
+        mirrored = self.mirrored(start, stop).to(device) if self.flip_views else None
+        x_mirror = xf.flip(-1) if self.flip_views else None
         cand = table.candidates
         errors = table.errors
         C = self.in_channels
@@ -395,7 +418,8 @@ class Scorer:
             b, m, r = pair_b[p], pair_m[p], pair_r[p]
             t = t_rows[r, k]
             e = eps[k] if shared else eps[r, k]
-            x_t = sqrt_ab[t].view(-1, 1, 1, 1) * xf[b] + sqrt_1mab[t].view(-1, 1, 1, 1) * e
+            x0 = xf[b] if mirrored is None else torch.where(mirrored[k].view(-1, 1, 1, 1), x_mirror[b], xf[b])
+            x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * e
             with autocast:
                 out = self.denoise(x_t, t, cand[b, m])
             if out.shape[1] < C:
