@@ -37,6 +37,7 @@ for path in (REPO, REPO / "benchmarks"):
 
 from strategies import git, machine, pct, run_live, test_batches  # noqa: E402
 
+from diffclf.allocator import keep_freed_memory  # noqa: E402
 from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
 from diffclf.module import DiffusionClassifier  # noqa: E402
 from diffclf.strategies import Exhaustive  # noqa: E402
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", choices=["32", "bf16"], default=None)
     ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
     args = ap.parse_args(argv)
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/eval_choices.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from diffclf.allocator import keep_freed_memory
 from diffclf.commands import load_datamodule
 from diffclf.diffusion.scoring import Scorer, ScoreTable
 from diffclf.metrics.accuracy import clopper_pearson
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="only rewrite OUT.md (and the discussion in OUT.json) from an existing OUT.json",
     )
     args = ap.parse_args(argv)
+    keep_freed_memory()
     out = Path(args.out)
     if args.render:
         result = json.loads(out.with_suffix(".json").read_text())

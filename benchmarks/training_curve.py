@@ -30,6 +30,7 @@ for path in (REPO, REPO / "benchmarks"):
 
 from strategies import git, machine, parse_data_args, pct, run_live, test_batches  # noqa: E402
 
+from diffclf.allocator import keep_freed_memory  # noqa: E402
 from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
 from diffclf.module import DiffusionClassifier, describe_strategy  # noqa: E402
 from diffclf.strategies import Adaptive  # noqa: E402
@@ -86,7 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of an existing OUT.json (same data, limit and strategy) and measure only new steps")
     args = ap.parse_args(argv)
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Path(args.run_dir)
@@ -102,6 +106,18 @@ def main(argv: list[str] | None = None) -> dict:
     dm, batches = test_batches(args.data, args.data_arg, args.limit)
     strategy = Adaptive(keep=args.keep, trials=args.trials)
     rows = []
+    out = Path(args.out)
+    if args.resume and out.with_suffix(".json").is_file():
+        earlier = json.loads(out.with_suffix(".json").read_text())
+        same = {"data": args.data, "data_args": parse_data_args(args.data_arg),
+                "strategy": describe_strategy(strategy), "precision": args.precision}
+        if any(earlier["meta"].get(k) != v for k, v in same.items()) or earlier["rows"][0]["images"] != len(
+            torch.cat([b[2] for b in batches])
+        ):
+            raise SystemExit(f"error: --resume: {out.with_suffix('.json')} was measured with other settings")
+        rows = earlier["rows"]
+        done = {r["step"] for r in rows}
+        ckpts = [(step, path) for step, path in ckpts if step not in done]
     for step, path in ckpts:
         module = DiffusionClassifier.load_from_checkpoint(path, map_location="cpu")
         module.eval()
@@ -119,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
         })
         print(f"step {step}: {pct(k / n)}% [{pct(low)}, {pct(high)}] val/loss {rows[-1]['val_loss']}", flush=True)
 
+    rows.sort(key=lambda r: r["step"])
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": machine(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
@@ -126,7 +143,6 @@ def main(argv: list[str] | None = None) -> dict:
         "run_dir": str(run), "data": args.data, "data_args": parse_data_args(args.data_arg),
         "strategy": describe_strategy(strategy), "precision": args.precision,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [

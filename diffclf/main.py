@@ -18,6 +18,8 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from diffclf.allocator import keep_freed_memory
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ALIASED_OPTIONS = {"--data": "data", "--model.strategy": "strategy", "--model.init_args.strategy": "strategy"}
 
@@ -128,6 +130,7 @@ def condense_error(message: str) -> str:
 
 
 def _main(argv: list[str], from_command_line: bool = False) -> DiffclfCLI | object:
+    keep_freed_memory()
     # The EMA copy is in eval mode on purpose; Lightning's warning about it is noise.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     extra = _extra_commands()
