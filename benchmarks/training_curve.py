@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows = earlier["rows"]
         done = {r["step"] for r in rows}
         ckpts = [(step, path) for step, path in ckpts if step not in done]
+    command = "python benchmarks/training_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    result = {"meta": {}, "rows": rows}
     for step, path in ckpts:
         module = DiffusionClassifier.load_from_checkpoint(path, map_location="cpu")
         module.eval()
@@ -134,13 +136,19 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds_per_image": res["seconds"] / n,
         })
         print(f"step {step}: {pct(k / n)}% [{pct(low)}, {pct(high)}] val/loss {rows[-1]['val_loss']}", flush=True)
+        # Written after every checkpoint, so an interrupted measurement resumes with --resume.
+        result = write(out, run, args, strategy, command, rows)
+    print(out.with_suffix(".md").read_text())
+    return result
 
-    rows.sort(key=lambda r: r["step"])
+
+def write(out: Path, run: Path, args: argparse.Namespace, strategy: Adaptive, command: str, rows: list[dict]) -> dict:
+    """``OUT.json``, ``OUT.md`` and ``OUT.png`` from the rows measured so far."""
+    rows = sorted(rows, key=lambda r: r["step"])
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": machine(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
-        "command": "python benchmarks/training_curve.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "run_dir": str(run), "data": args.data, "data_args": parse_data_args(args.data_arg),
+        "command": command, "run_dir": str(run), "data": args.data, "data_args": parse_data_args(args.data_arg),
         "strategy": describe_strategy(strategy), "precision": args.precision,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"- date: {meta['date']}; device: {meta['device']['device']}; torch {meta['torch']}; commit {meta['commit']}",
         f"- accuracy: first {rows[0]['images']} test images of `{args.data}`, {meta['strategy']}, precision {args.precision}",
         "- val/loss: EMA eps-loss on held-out images at fixed timesteps and noise (the run's CSV log)",
-        f"- command: `{meta['command']}`",
+        f"- command: `{command}`",
         "",
         "| step | images seen | val/loss | accuracy % [95% CP] | forwards/image | s/image |",
         "|---|---|---|---|---|---|",
@@ -164,7 +172,6 @@ def main(argv: list[str] | None = None) -> dict:
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"), f"{run.name}: {meta['strategy']}, first {rows[0]['images']} test images")
-    print("\n".join(lines))
     return {"meta": meta, "rows": rows}
 
 

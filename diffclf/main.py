@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from diffclf.allocator import keep_freed_memory
 
@@ -84,6 +85,22 @@ class DiffclfCLI(LightningCLI):
             return
         model = {"class_path": class_path, "init_args": fixed} if class_path else {"init_args": fixed}
         self.config = self.parser.parse_object({self.config.subcommand: {"model": model}}, self.config)
+
+    def before_fit(self) -> None:
+        """A resumed run (``--ckpt_path``, or a SLURM requeue's ``hpc_ckpt_N.ckpt``) continues its CSV log."""
+        from lightning.pytorch.utilities import rank_zero_only
+
+        from diffclf.logs import continue_csv_logs
+
+        trainer = self.trainer
+        resume = self.config.fit.get("ckpt_path")
+        if resume is None and SLURMEnvironment.detect():
+            # Lightning restores the newest hpc checkpoint of default_root_dir by itself in this case.
+            resume = trainer._checkpoint_connector._hpc_resume_path
+        if not resume or not Path(resume).is_file() or rank_zero_only.rank != 0:
+            return
+        step = torch.load(resume, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+        continue_csv_logs(trainer.loggers, int(step))
 
     def before_instantiate_classes(self) -> None:
         """Keep ``test``/``predict`` from overwriting the training run's logs.

@@ -73,9 +73,15 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     assert first["global_step"] == 2
 
     # Resume continues from the same step with the same EMA weights.
+    log = tmp_path / "quickstart" / "metrics.csv"
+    with log.open("a") as f:  # a row the interrupted process wrote after its checkpoint
+        f.write("0,2," + "," * (log.read_text().splitlines()[0].count(",") - 1) + "\n")
     main(["fit", *cfg, *run, *FAST, "--trainer.max_epochs=2", f"--ckpt_path={last}"])
     second = torch.load(last, map_location="cpu", weights_only=False)
     assert second["global_step"] == 4
+    # The resumed run continues the CSV log: validation rows of both runs, the stale row dropped once.
+    steps = [int(line.split(",")[1]) for line in log.read_text().splitlines()[1:]]
+    assert 1 in steps and 3 in steps and steps.count(2) == 0, steps
 
     # Evaluation options come from the command line, not from the training run's saved hparams.
     test_args = ["--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
