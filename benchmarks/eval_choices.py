@@ -9,6 +9,7 @@ with one scoring option changed from the reference (L2, even grid over [0, 1000)
 - ``t_range``: truncated timestep ranges (each row spends the same number of draws inside its range);
 - ``design``: stratified random timesteps instead of the even grid;
 - ``error``: L1 instead of L2;
+- ``flip_views``: half of the draws see the mirrored image (for models trained with random flips);
 - ``weighting``: Clark & Jaini's ``exp(-k t/T)`` (x0-space) for several rates ``k``. These rows
   reweight the reference's per-draw errors instead of calling the denoiser again: the weighted
   error is the mean over draws of ``w(t_k) e_k``, so only the weights change. One rate is also run
@@ -42,7 +43,9 @@ from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
 from diffclf.module import DiffusionClassifier  # noqa: E402
 from diffclf.strategies import Exhaustive  # noqa: E402
 
-REFERENCE = {"design": "even", "error": "l2", "weighting": "none", "weight_rate": 7.0, "t_range": None}
+REFERENCE = {
+    "design": "even", "error": "l2", "weighting": "none", "weight_rate": 7.0, "t_range": None, "flip_views": False,
+}
 LIVE_ROWS: list[tuple[str, dict]] = [
     ("reference: L2, even grid, t in [0, 1000)", {}),
     ("t in [0, 500)", {"t_range": (0, 500)}),
@@ -53,6 +56,7 @@ LIVE_ROWS: list[tuple[str, dict]] = [
     ("stratified random t", {"design": "stratified"}),
     ("L1 error", {"error": "l1"}),
     ("exp weighting k=7 (live)", {"weighting": "exp", "weight_rate": 7.0}),
+    ("mirrored views (flip_views; models trained with flips only)", {"flip_views": True}),
 ]
 REWEIGHT_RATES = (1.0, 3.0, 7.0, 15.0)
 
