@@ -15,6 +15,10 @@ with one scoring option changed from the reference (L2, even grid over [0, 1000)
   error is the mean over draws of ``w(t_k) e_k``, so only the weights change. One rate is also run
   live and the reweighted predictions are checked against it;
 - draws: prefixes of the reference's draws (its order makes every prefix span the range).
+``--split train`` classifies training images instead (in file order, unflipped) and ``--only`` runs a
+subset of the live rows: choosing an option there and then testing it once keeps the test split out of
+the choice. Every row records ``fixed``/``broken`` against the reference (images it gets right that the
+reference gets wrong, and the reverse), the paired evidence for a difference.
 Strategies (which classes get how many draws) are measured by ``benchmarks/strategies.py``.
 Writes ``OUT.json`` and ``OUT.md``: accuracy with its exact 95% interval, forwards and seconds per image.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,12 +41,12 @@ for path in (REPO, REPO / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from strategies import git, machine, pct, run_live, test_batches  # noqa: E402
+from strategies import git, machine, pct, run_live, test_batches
 
-from diffclf.allocator import keep_freed_memory  # noqa: E402
-from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
-from diffclf.module import DiffusionClassifier  # noqa: E402
-from diffclf.strategies import Exhaustive  # noqa: E402
+from diffclf.allocator import keep_freed_memory
+from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.module import DiffusionClassifier
+from diffclf.strategies import Exhaustive
 
 REFERENCE = {
     "design": "even", "error": "l2", "weighting": "none", "weight_rate": 7.0, "t_range": None, "flip_views": False,
@@ -61,11 +66,17 @@ LIVE_ROWS: list[tuple[str, dict]] = [
 REWEIGHT_RATES = (1.0, 3.0, 7.0, 15.0)
 
 
-def accuracy_row(name: str, pred: Tensor, target: Tensor, forwards: float, seconds: float | None) -> dict:
+def accuracy_row(
+    name: str, pred: Tensor, target: Tensor, forwards: float, seconds: float | None, ref_pred: Tensor | None = None
+) -> dict:
+    """One table row; ``fixed``/``broken`` count the images this choice gets right and the reference
+    wrong, and the reverse: the paired comparison, which is what decides between choices."""
     n, k = int(target.numel()), int((pred == target).sum())
     low, high = clopper_pearson(k, n, 0.95)
+    ref_right = (pred == target) if ref_pred is None else (ref_pred == target)
     return {
         "name": name, "images": n, "correct": k, "accuracy": k / n, "ci_low": low, "ci_high": high,
+        "fixed": int(((pred == target) & ~ref_right).sum()), "broken": int((ref_right & (pred != target)).sum()),
         "forwards_per_image": forwards, "seconds_per_image": None if seconds is None else seconds / n,
     }
 
@@ -81,34 +92,49 @@ def exp_weights(module: DiffusionClassifier, rate: float) -> Tensor:
         module._scorer = None
 
 
+def paired(row: dict) -> str:
+    """``fixed / broken`` against the reference (``-`` for files written before it was recorded)."""
+    return f"{row['fixed']} / {row['broken']}" if "fixed" in row else "-"
+
+
+def reweight_line(check: dict | None) -> list[str]:
+    """The markdown line of the live-vs-reweighted check, when the live exp row ran."""
+    if check is None:
+        return []
+    return [
+        f"- live reweighting check (k=7 reweighted vs live): predictions equal on "
+        f"{check['agreement'] * 100:.2f}% of images, max |Δ mean error| {check['max_abs_diff']:.2e}"
+    ]
+
+
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
-        f"# Evaluation choices on {meta['data']} ({meta['images']} test images, exhaustive over {meta['classes']} classes)",
+        f"# Evaluation choices on {meta['data']} ({meta['images']} {meta.get('split', 'test')} images, "
+        f"exhaustive over {meta['classes']} classes)",
         "",
         f"- date: {meta['date']}",
         f"- device: {meta['device']['device']}; 1-min load average before/after in the JSON",
         f"- torch {meta['torch']}, git commit {meta['commit']}" + (" (working tree dirty)" if meta["dirty"] else ""),
         f"- checkpoint: `{meta['ckpt_path']}` (global step {meta['global_step']})",
         f"- draws per class: {meta['draws']}, scoring precision {meta['precision']}, seed {meta['seed']}",
-        f"- live reweighting check (k=7 reweighted vs live): predictions equal on "
-        f"{meta['reweight_check']['agreement'] * 100:.2f}% of images, max |Δ mean error| "
-        f"{meta['reweight_check']['max_abs_diff']:.2e}",
+        *reweight_line(meta.get("reweight_check")),
         f"- command: `{meta['command']}`",
         "",
-        "| choice | accuracy % [95% CP] | Δ vs reference (pts) | forwards/image | s/image |",
-        "|---|---|---|---|---|",
+        "| choice | accuracy % [95% CP] | Δ vs reference (pts) | fixed / broken | forwards/image | s/image |",
+        "|---|---|---|---|---|---|",
     ]
     ref = rows[0]["accuracy"]
     for r in rows:
         sec = "-" if r["seconds_per_image"] is None else f"{r['seconds_per_image']:.3f}"
         lines.append(
             f"| {r['name']} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
-            f"| {100 * (r['accuracy'] - ref):+.2f} | {r['forwards_per_image']:.0f} | {sec} |"
+            f"| {100 * (r['accuracy'] - ref):+.2f} | {paired(r)} | {r['forwards_per_image']:.0f} | {sec} |"
         )
     lines += [
         "",
         "Rows without seconds reuse the reference's per-draw errors (prefixes of its draws, or its errors "
-        "reweighted by `exp(-k t/T)/SNR(t)`); they cost what their forwards say.",
+        "reweighted by `exp(-k t/T)/SNR(t)`); they cost what their forwards say. `fixed / broken`: images "
+        "the row gets right and the reference wrong, and the reverse.",
         "",
     ]
     return "\n".join(lines)
@@ -120,7 +146,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", default="digits", help="data preset or YAML (its test split is classified)")
     ap.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
-    ap.add_argument("--limit", type=int, default=None, help="the first N test images")
+    ap.add_argument("--limit", type=int, default=None, help="the first N images of --split")
+    ap.add_argument(
+        "--split", choices=["test", "train"], default="test",
+        help="images to classify; 'train' (file order, no flips) chooses options without the test split",
+    )
+    ap.add_argument(
+        "--only", nargs="+", default=None, metavar="TEXT",
+        help="live rows whose name contains one of these (the reference always runs)",
+    )
     ap.add_argument("--draws", type=int, default=100, help="draws per class of every live row")
     ap.add_argument("--prefixes", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--threads", type=int, default=None)
@@ -130,11 +164,18 @@ def main(argv: list[str] | None = None) -> dict:
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python benchmarks/eval_choices.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/eval_choices.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    dm, batches = test_batches(args.data, args.data_arg, args.limit)
+    unmatched = [text for text in args.only or [] if not any(text in name for name, _ in LIVE_ROWS)]
+    if unmatched:
+        raise SystemExit(f"error: --only {unmatched}: no row name contains it; rows: {[n for n, _ in LIVE_ROWS]}")
+    live_rows = [
+        row for i, row in enumerate(LIVE_ROWS)
+        if i == 0 or args.only is None or any(text in row[0] for text in args.only)
+    ]
+    dm, batches = test_batches(args.data, args.data_arg, args.limit, args.split)
     module = DiffusionClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     module.eval()
     module.label_space = dm.label_space
@@ -146,15 +187,22 @@ def main(argv: list[str] | None = None) -> dict:
     strategy = Exhaustive(trials=args.draws)
 
     rows, runs = [], {}
-    for name, change in LIVE_ROWS:
+    for name, change in live_rows:
         hp.update({**REFERENCE, **change})
         print(f"{name} ...", flush=True)
         run = run_live(module, strategy, batches, keep_table=True)
         runs[name] = run
-        row = accuracy_row(name, run["pred"], run["target"], float(run["forwards"].double().mean()), run["seconds"])
+        ref_pred = runs[live_rows[0][0]]["pred"]
+        row = accuracy_row(
+            name, run["pred"], run["target"], float(run["forwards"].double().mean()), run["seconds"], ref_pred
+        )
         row.update(change=change, loadavg_1min_before_after=run["loadavg_1min"])
         rows.append(row)
-        print(f"    {pct(row['accuracy'])}% [{pct(row['ci_low'])}, {pct(row['ci_high'])}]", flush=True)
+        print(
+            f"    {pct(row['accuracy'])}% [{pct(row['ci_low'])}, {pct(row['ci_high'])}]  "
+            f"fixed / broken vs reference: {paired(row)}",
+            flush=True,
+        )
     hp.update(REFERENCE)
 
     ref_name = LIVE_ROWS[0][0]
@@ -171,18 +219,22 @@ def main(argv: list[str] | None = None) -> dict:
     for d in args.prefixes:
         if d < args.draws:
             pred = predict(errors[:, :, :d].mean(dim=-1))
-            derived.append(accuracy_row(f"{d} draws per class (prefix)", pred, target, float(m * d), None))
+            derived.append(accuracy_row(f"{d} draws per class (prefix)", pred, target, float(m * d), None, ref["pred"]))
     for rate in REWEIGHT_RATES:
         w = exp_weights(module, rate)[t]  # (N, D)
         pred = predict((errors * w.unsqueeze(1)).mean(dim=-1))
-        derived.append(accuracy_row(f"exp weighting k={rate:g} (reweighted)", pred, target, float(m * args.draws), None))
-    live = runs["exp weighting k=7 (live)"]
-    w7 = exp_weights(module, 7.0)[t]
-    re7 = (errors * w7.unsqueeze(1)).mean(dim=-1)
-    check = {
-        "agreement": float((predict(re7) == live["pred"]).double().mean()),
-        "max_abs_diff": float((re7 - live["errors"].mean(dim=-1)).abs().max()),
-    }
+        derived.append(
+            accuracy_row(f"exp weighting k={rate:g} (reweighted)", pred, target, float(m * args.draws), None, ref["pred"])
+        )
+    check = None
+    live = runs.get("exp weighting k=7 (live)")
+    if live is not None:
+        w7 = exp_weights(module, 7.0)[t]
+        re7 = (errors * w7.unsqueeze(1)).mean(dim=-1)
+        check = {
+            "agreement": float((predict(re7) == live["pred"]).double().mean()),
+            "max_abs_diff": float((re7 - live["errors"].mean(dim=-1)).abs().max()),
+        }
     rows += derived
 
     ckpt = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
@@ -196,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         "ckpt_path": args.ckpt_path,
         "global_step": ckpt.get("global_step"),
         "data": args.data,
+        "split": args.split,
         "images": rows[0]["images"],
         "classes": m,
         "draws": args.draws,

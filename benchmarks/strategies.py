@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -41,12 +42,6 @@ from diffclf.diffusion.scoring import Scorer, ScoreTable
 from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.module import DiffusionClassifier, describe_strategy
 from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Strategy
-
-TRAINING_BUDGET = (
-    "python cli.py fit --config configs/quickstart.yaml (DiT-T/2 8x8x1, 0.8M parameters, "
-    "150 epochs = 1650 steps of batch 128 on the 1437 training images, AdamW lr 1e-3, "
-    "EMA 0.999; about 2.5 minutes on 2 CPU cores alone)"
-)
 
 
 def default_strategies(draws: int = 100) -> list[tuple[str, Strategy]]:
@@ -75,13 +70,28 @@ def parse_data_args(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def test_batches(data: str, data_args: list[str], limit: int | None) -> tuple[object, list]:
-    """The data module (set up for test) and its first ``limit`` test images as ``(images, target, index)``
-    batches; every benchmark classifies exactly these."""
+def test_batches(
+    data: str, data_args: list[str], limit: int | None, split: str = "test"
+) -> tuple[object, list]:
+    """The data module and the first ``limit`` images of ``split`` as ``(images, target, index)``
+    batches; every benchmark classifies exactly these.
+
+    ``split="train"`` reads training images in file order without flips: a place to choose scoring
+    options that is not the test split (the denoiser has seen these images, so absolute accuracy there
+    is optimistic; paired differences between options are what it is for).
+    """
     dm = load_datamodule(data, parse_data_args(data_args))
-    dm.setup("test")
+    if split == "test":
+        dm.setup("test")
+        loader = dm.test_dataloader()
+    elif split == "train":
+        dm.setup("fit")
+        dm.train_dataset.flip = False
+        loader = DataLoader(dm.train_dataset, batch_size=dm.eval_batch_size, shuffle=False)
+    else:
+        raise SystemExit(f"error: --split {split!r}: expected 'test' or 'train'")
     batches, seen = [], 0
-    for images, target, index in dm.test_dataloader():
+    for images, target, index in loader:
         take = len(index) if limit is None else min(len(index), limit - seen)
         if take > 0:
             batches.append((images[:take], target[:take], index[:take]))
@@ -442,6 +452,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images (smoke runs)")
     ap.add_argument(
+        "--training_budget",
+        default=None,
+        help="how the checkpoint was trained, for the report (default: its step and epoch counts)",
+    )
+    ap.add_argument(
         "--sweep",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -542,7 +557,8 @@ def main(argv: list[str] | None = None) -> dict:
         "ckpt_path": args.ckpt_path,
         "global_step": ckpt.get("global_step"),
         "epoch": ckpt.get("epoch"),
-        "training_budget": TRAINING_BUDGET,
+        "training_budget": args.training_budget
+        or f"{ckpt.get('global_step')} optimizer steps, {ckpt.get('epoch')} epochs (from the checkpoint)",
         "data": args.data,
         "images": rows[0]["images"],
         "classes": dm.label_space.num_classes,

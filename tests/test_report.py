@@ -195,6 +195,8 @@ def test_reference_model_named_by_the_records_is_kept_out_of_the_fit(tmp_path: P
     fit = report["fits"]["imagenet_hard"]
     assert sorted(fit["models"]) == ["resnet_a", "resnet_b"]
     assert fit["slope"] == pytest.approx(LINE[0], abs=0.02)
+    kept = {(p["model"], p["ood_dataset"]) for p in report["effective_robustness"] if p["kept_out"]}
+    assert kept == {("vit_c", "imagenet_hard")}  # flagged, so the figure names it instead of scaling to 0.1%
     with_ref = run_report([str(tmp_path / "r.jsonl")], str(tmp_path / "o2"), id_dataset="imagenet",
                           exclude_from_fit=["resnet_a"])
     assert with_ref["fits"]["imagenet_hard"] is None  # one model left: no line, and the report says so

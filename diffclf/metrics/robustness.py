@@ -120,7 +120,8 @@ def robustness_points(
     ``exclude_from_fit[ood]`` lists models kept out of that dataset's baseline fit (the reference
     model an adversarially filtered set was built against: its OOD accuracy is ~0 by construction,
     which would bend the line). Returns the
-    points (one row per model and OOD dataset; ``er``, ``er_low``, ``er_high`` NaN without a fit),
+    points (one row per model and OOD dataset; ``er``, ``er_low``, ``er_high`` NaN without a fit;
+    ``kept_out`` True for a discriminative model excluded from its dataset's fit),
     the fit per OOD dataset (None when fewer than 2 discriminative models) and notes to show.
     """
     id_for = dict(DEFAULT_ID_FOR if id_for is None else id_for)
@@ -167,13 +168,16 @@ def robustness_points(
         "er",
         "er_low",
         "er_high",
+        "kept_out",
     ]
     points = pd.DataFrame(rows, columns=cols)
+    points["kept_out"] = False
     for ood, g in points.groupby("ood_dataset", sort=True):
         excluded = set((exclude_from_fit or {}).get(ood, ()))
         disc = g[(g["kind"] == "discriminative") & ~g["model"].isin(excluded)]
         if excluded & set(g["model"]):
             notes.append(f"{ood}: {', '.join(sorted(excluded & set(g['model'])))} kept out of the baseline fit")
+            points.loc[g.index, "kept_out"] = (g["kind"] == "discriminative") & g["model"].isin(excluded)
         try:
             fit = fit_linear(
                 disc["id_acc"], disc["ood_acc"], tuple(disc["model"]), g["id_dataset"].iloc[0], ood, eps
@@ -236,7 +240,8 @@ def plot_effective_robustness(
 
     Accuracy tick labels on logit-scaled axes; the baseline fitted over discriminative models (solid),
     ``y = x`` (dashed), Clopper-Pearson error bars at ``level`` on both axes, generative models as
-    labelled red stars.
+    labelled red stars. Models kept out of a fit (``kept_out``, e.g. the reference of a filtered set at
+    ~0% by construction) are named in the panel instead of drawn: plotted, they would set the axis range.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
@@ -252,6 +257,11 @@ def plot_effective_robustness(
     pct = FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
     for ax, ood in zip(axes[0], panels):
         g = points[points["ood_dataset"] == ood]
+        kept_out = g[g["kept_out"].astype(bool)] if "kept_out" in g else g.iloc[:0]
+        if len(kept_out) < len(g):
+            g = g.drop(kept_out.index)
+        else:
+            kept_out = g.iloc[:0]
         xs = np.concatenate([g["id_low"], g["id_high"], g["id_acc"]])
         ys = np.concatenate([g["ood_low"], g["ood_high"], g["ood_acc"]])
         x0, x1 = _axis_range(xs, eps)
@@ -315,6 +325,15 @@ def plot_effective_robustness(
             axis.set_major_formatter(pct)
             axis.set_minor_locator(NullLocator())
             axis.set_minor_formatter(NullFormatter())
+        if len(kept_out):
+            ax.text(
+                0.02, 0.98,
+                "kept out of the fit, not drawn: " + ", ".join(
+                    f"{m} ({100 * a:.3g}% / {100 * o:.3g}%)"
+                    for m, a, o in zip(kept_out["model"], kept_out["id_acc"], kept_out["ood_acc"])
+                ),
+                transform=ax.transAxes, fontsize=7, va="top", color="0.35",
+            )
         idd = g["id_dataset"].iloc[0]
         ax.set_xlabel(f"{idd} accuracy (logit axis)")
         ax.set_ylabel(f"{ood} accuracy (logit axis)")
