@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
         tables[name] = breakdown(shift, read_predictions(Path(path)), name)
     corruptions = list(dict.fromkeys(str(c) for c in shift["corruption"]))
     severities = sorted({int(s) for s in shift["severity"]})
-    command = "python benchmarks/corruption_breakdown.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/corruption_breakdown.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"command": command, "shift": str(args.shift), "tables": tables}

@@ -192,9 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name} ...", flush=True)
         run = run_live(module, strategy, batches, keep_table=True)
         runs[name] = run
-        ref_pred = runs[live_rows[0][0]]["pred"]
         row = accuracy_row(
-            name, run["pred"], run["target"], float(run["forwards"].double().mean()), run["seconds"], ref_pred
+            name, run["pred"], run["target"], float(run["forwards"].double().mean()), run["seconds"],
+            runs[live_rows[0][0]]["pred"],
         )
         row.update(change=change, loadavg_1min_before_after=run["loadavg_1min"])
         rows.append(row)
