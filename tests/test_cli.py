@@ -18,6 +18,7 @@ FAST = [
     "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
     "--trainer.check_val_every_n_epoch=1", "--trainer.val_check_interval=1.0", "--trainer.max_steps=-1",
     "--trainer.enable_progress_bar=false",
+    "--trainer.devices=1", "--trainer.strategy=auto",  # one in-process run; DDP runs are tests/test_distributed.py's
 ]
 
 
