@@ -64,6 +64,15 @@ def test_alias_rewrite_names_unknown_preset(tmp_path: Path) -> None:
         rewrite_aliases(["--data", "nosuch"])
 
 
+def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:
+    # Saves every 2 steps, stops at 5: Lightning's own callback would leave step 4 in last.ckpt.
+    cfg = ["--config", str(CONFIG_DIR / "quickstart.yaml")]
+    main(["fit", *cfg, *_tmp_run(tmp_path), *FAST, "--trainer.max_epochs=-1", "--trainer.max_steps=5",
+          "--trainer.limit_val_batches=0", "--trainer.callbacks.init_args.every_n_train_steps=2"])
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 5
+
+
 def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     cfg = ["--config", str(CONFIG_DIR / "quickstart.yaml")]
     run = _tmp_run(tmp_path)

@@ -89,7 +89,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
         "trainer": {
             "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 0, "logger": False,
             "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp),
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "callbacks": [{"class_path": "diffclf.checkpointing.ModelCheckpoint",
                            "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True, "save_top_k": 0}}],
         },
         "model": {"class_path": "diffclf.module.DiffusionClassifier", "init_args": {
