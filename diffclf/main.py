@@ -146,6 +146,13 @@ def condense_error(message: str) -> str:
     return match.group(1).strip() if match and "Union subtypes" in text else text
 
 
+def saved_config_name(argv: list[str]) -> str:
+    """File the run's resolved config is saved to in its log folder: ``config.yaml`` for ``fit``, one per other
+    subcommand, so that testing a model in its training folder keeps the record of how it was trained."""
+    subcommand = argv[0] if argv and not argv[0].startswith("-") else "fit"
+    return "config.yaml" if subcommand == "fit" else f"config_{subcommand}.yaml"
+
+
 def _main(argv: list[str], from_command_line: bool = False) -> DiffclfCLI | object:
     keep_freed_memory()
     # The EMA copy is in eval mode on purpose; Lightning's warning about it is noise.
@@ -162,6 +169,6 @@ def _main(argv: list[str], from_command_line: bool = False) -> DiffclfCLI | obje
         subclass_mode_model=True,
         subclass_mode_data=True,
         trainer_defaults={"use_distributed_sampler": False},
-        save_config_kwargs={"overwrite": True},
+        save_config_kwargs={"overwrite": True, "config_filename": saved_config_name(argv)},
         args=None if from_command_line else argv,
     )

@@ -97,7 +97,14 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     test_args = ["--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
                  "--model.init_args.strategy.init_args.trials=4", "--model.init_args.seed=3",
                  "--model.init_args.error=l1"]
+    fit_config = (tmp_path / "quickstart" / "config.yaml").read_text()
     main(["test", *cfg, *run, *test_args, f"--ckpt_path={last}"])
+    # Evaluating in the training folder, with or without a logger, keeps the record of how it was trained.
+    main(["validate", *cfg, *run, f"--ckpt_path={last}", "--trainer.logger=false", "--trainer.limit_val_batches=1",
+          f"--trainer.default_root_dir={tmp_path / 'quickstart'}"])
+    assert (tmp_path / "quickstart" / "config.yaml").read_text() == fit_config
+    assert (tmp_path / "quickstart" / "config_validate.yaml").is_file()
+    assert "error: l1" in (tmp_path / "quickstart" / "test" / "config_test.yaml").read_text()
     record = json.loads((tmp_path / "results.json").read_text())
     for key in ("dataset", "num_classes", "n", "correct", "accuracy", "ci_low", "ci_high", "ci_level",
                 "mean_per_class_accuracy", "top5_accuracy", "forwards_per_image", "seconds_per_image",
