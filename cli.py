@@ -1,3 +1,3 @@
-from diffclf.main import main
+from diffclf.cli import main
 
 main()

@@ -6,8 +6,9 @@
 
 The robustness report gives one accuracy per shift; this says *which* corruptions a model loses on. It
 reads the shift's ``shift.npz`` (corruption and severity of every dataset index) and prediction files
-written by ``cli.py predict ... --trainer.callbacks+=diffclf.writer.PredictionWriter`` (one row per image:
-``index``, ``target``, ``pred``), and writes ``OUT.json`` and ``OUT.md``: accuracy with its exact 95%
+written by ``cli.py predict ... --trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter`` (``.jsonl`` or
+``.parquet``, read by ``diffclf.metrics.predictions.read_predictions``; one row per image: ``index``,
+``target``, ``pred``), and writes ``OUT.json`` and ``OUT.md``: accuracy with its exact 95%
 Clopper-Pearson interval per corruption (all severities) and per severity.
 """
 
@@ -15,34 +16,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.metrics.predictions import read_predictions
+from diffclf.metrics.provenance import command_line
 
 
-def read_predictions(path: Path) -> dict[int, tuple[int, int]]:
-    """``index → (target, pred)`` from a ``.jsonl`` prediction file."""
-    if not path.is_file():
-        raise SystemExit(f"error: --preds {path}: no such file (write it with cli.py predict and PredictionWriter)")
-    out = {}
-    with open(path) as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                out[int(row["index"])] = (int(row["target"]), int(row["pred"]))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                raise SystemExit(f"error: {path}:{line_no}: expected a JSON row with index, target, pred ({err})")
+def target_and_pred(path: Path) -> dict[int, tuple[int, int]]:
+    """``index → (target, pred)`` of a merged prediction file, or a one-line error naming ``--preds``.
+
+    The package's reader gives the rows; an index seen twice or a row without a target is refused here,
+    since either would turn into a plausible-looking but wrong count.
+    """
+    try:
+        rows = read_predictions(path)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"error: --preds {path}: no such file (write it with cli.py predict and PredictionWriter)"
+        ) from None
+    except ValueError as err:
+        raise SystemExit(f"error: --preds {err}") from None
+    out: dict[int, tuple[int, int]] = {}
+    for row in rows:
+        i = int(row["index"])
+        if "target" not in row:
+            raise SystemExit(f"error: --preds {path}: index {i} has no target")
+        if i in out:
+            raise SystemExit(f"error: --preds {path}: index {i} appears twice")
+        out[i] = (int(row["target"]), int(row["pred"]))
     return out
 
 
@@ -100,7 +106,8 @@ def markdown(tables: dict[str, dict[str, dict]], corruptions: list[str], severit
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shift", required=True, help="a built corruption shift folder (shift.npz)")
-    ap.add_argument("--preds", action="append", required=True, metavar="NAME=FILE.jsonl")
+    ap.add_argument("--preds", action="append", required=True, metavar="NAME=FILE.jsonl",
+                    help="a model's name and its merged prediction file (.jsonl or .parquet); repeat per model")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     args = ap.parse_args(argv)
     npz = Path(args.shift) / "shift.npz"
@@ -114,10 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
         name, sep, path = pair.partition("=")
         if not sep or not name or not path:
             raise SystemExit(f"error: --preds {pair!r}: expected NAME=FILE.jsonl")
-        tables[name] = breakdown(shift, read_predictions(Path(path)), name)
+        tables[name] = breakdown(shift, target_and_pred(Path(path)), name)
     corruptions = list(dict.fromkeys(str(c) for c in shift["corruption"]))
     severities = sorted({int(s) for s in shift["severity"]})
-    command = "python benchmarks/corruption_breakdown.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(["benchmarks/corruption_breakdown.py", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"command": command, "shift": str(args.shift), "tables": tables}

@@ -28,25 +28,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from strategies import git, machine, pct, run_live, test_batches
-
-from diffclf.allocator import keep_freed_memory
+from diffclf.cli.allocator import keep_freed_memory
 from diffclf.metrics.accuracy import clopper_pearson
-from diffclf.module import DiffusionClassifier
+from diffclf.metrics.provenance import command_line, git, machine, utc_now
+from diffclf.models.checkpoints import read_checkpoint
 from diffclf.strategies import Exhaustive
+from diffclf.tasks import DiffusionClassifier
+from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, pct, run_live, split_batches
 
 REFERENCE = {
     "design": "even", "error": "l2", "weighting": "none", "weight_rate": 7.0, "t_range": None, "flip_views": False,
@@ -81,15 +75,13 @@ def accuracy_row(
     }
 
 
-def exp_weights(module: DiffusionClassifier, rate: float) -> Tensor:
+def exp_weights(task: DiffusionClassifier, rate: float) -> Tensor:
     """The scorer's own ``(T,)`` exp weights for ``rate``, so the reweighting uses one definition."""
-    module.hparams.weighting, module.hparams.weight_rate = "exp", rate
-    module._scorer = None
+    task.set_scoring(weighting="exp", weight_rate=rate)
     try:
-        return module.scorer().weights()
+        return task.scorer().weights()
     finally:
-        module.hparams.weighting, module.hparams.weight_rate = REFERENCE["weighting"], REFERENCE["weight_rate"]
-        module._scorer = None
+        task.set_scoring(weighting=REFERENCE["weighting"], weight_rate=REFERENCE["weight_rate"])
 
 
 def paired(row: dict) -> str:
@@ -102,15 +94,19 @@ def reweight_line(check: dict | None) -> list[str]:
     if check is None:
         return []
     return [
-        f"- live reweighting check (k=7 reweighted vs live): predictions equal on "
-        f"{check['agreement'] * 100:.2f}% of images, max |Δ mean error| {check['max_abs_diff']:.2e}"
+        (
+            f"- live reweighting check (k=7 reweighted vs live): predictions equal on "
+            f"{check['agreement'] * 100:.2f}% of images, max |Δ mean error| {check['max_abs_diff']:.2e}"
+        )
     ]
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [
-        f"# Evaluation choices on {meta['data']} ({meta['images']} {meta.get('split', 'test')} images, "
-        f"exhaustive over {meta['classes']} classes)",
+        (
+            f"# Evaluation choices on {meta['data']} ({meta['images']} {meta.get('split', 'test')} images, "
+            f"exhaustive over {meta['classes']} classes)"
+        ),
         "",
         f"- date: {meta['date']}",
         f"- device: {meta['device']['device']}; 1-min load average before/after in the JSON",
@@ -132,9 +128,11 @@ def markdown(meta: dict, rows: list[dict]) -> str:
         )
     lines += [
         "",
-        "Rows without seconds reuse the reference's per-draw errors (prefixes of its draws, or its errors "
-        "reweighted by `exp(-k t/T)/SNR(t)`); they cost what their forwards say. `fixed / broken`: images "
-        "the row gets right and the reference wrong, and the reverse.",
+        (
+            "Rows without seconds reuse the reference's per-draw errors (prefixes of its draws, or its errors "
+            "reweighted by `exp(-k t/T)/SNR(t)`); they cost what their forwards say. `fixed / broken`: images "
+            "the row gets right and the reference wrong, and the reverse."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -159,12 +157,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prefixes", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--precision", choices=["32", "bf16"], default=None)
-    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
+    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model scoring.compile)")
     args = ap.parse_args(argv)
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python benchmarks/eval_choices.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line(["benchmarks/eval_choices.py", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -175,22 +173,20 @@ def main(argv: list[str] | None = None) -> dict:
         row for i, row in enumerate(LIVE_ROWS)
         if i == 0 or args.only is None or any(text in row[0] for text in args.only)
     ]
-    dm, batches = test_batches(args.data, args.data_arg, args.limit, args.split)
-    module = DiffusionClassifier.load_from_checkpoint(args.ckpt_path, map_location="cpu")
-    module.eval()
-    module.label_space = dm.label_space
-    hp = module.hparams
-    hp.update(REFERENCE)
-    if args.precision is not None:
-        hp.score_precision = args.precision
-    hp.score_compile = args.compile
+    try:
+        dm, batches = split_batches(args.data, parse_overrides(args.data_arg), args.limit, args.split)
+        task = load_diffusion_task(args.ckpt_path, dm)
+    except (FileNotFoundError, TypeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    task.set_scoring(**REFERENCE, compile=args.compile,
+                     **({} if args.precision is None else {"precision": args.precision}))
     strategy = Exhaustive(trials=args.draws)
 
     rows, runs = [], {}
     for name, change in live_rows:
-        hp.update({**REFERENCE, **change})
+        task.set_scoring(**{**REFERENCE, **change})
         print(f"{name} ...", flush=True)
-        run = run_live(module, strategy, batches, keep_table=True)
+        run = run_live(task, strategy, batches, keep_table=True)
         runs[name] = run
         row = accuracy_row(
             name, run["pred"], run["target"], float(run["forwards"].double().mean()), run["seconds"],
@@ -203,13 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"fixed / broken vs reference: {paired(row)}",
             flush=True,
         )
-    hp.update(REFERENCE)
+    task.set_scoring(**REFERENCE)
 
     ref_name = LIVE_ROWS[0][0]
     ref = runs[ref_name]
     errors, target, cand = ref["errors"], ref["target"], ref["candidates"]  # (N, M, D), (M,)
-    module._scorer = None
-    t = module.scorer().timesteps(ref["index"])  # (N, D): the reference's timesteps, draw order
+    t = task.scorer().timesteps(ref["index"])  # (N, D): the reference's timesteps, draw order
     m = errors.shape[1]
 
     def predict(err: Tensor) -> Tensor:
@@ -221,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
             pred = predict(errors[:, :, :d].mean(dim=-1))
             derived.append(accuracy_row(f"{d} draws per class (prefix)", pred, target, float(m * d), None, ref["pred"]))
     for rate in REWEIGHT_RATES:
-        w = exp_weights(module, rate)[t]  # (N, D)
+        w = exp_weights(task, rate)[t]  # (N, D)
         pred = predict((errors * w.unsqueeze(1)).mean(dim=-1))
         derived.append(
             accuracy_row(f"exp weighting k={rate:g} (reweighted)", pred, target, float(m * args.draws), None, ref["pred"])
@@ -229,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     check = None
     live = runs.get("exp weighting k=7 (live)")
     if live is not None:
-        w7 = exp_weights(module, 7.0)[t]
+        w7 = exp_weights(task, 7.0)[t]
         re7 = (errors * w7.unsqueeze(1)).mean(dim=-1)
         check = {
             "agreement": float((predict(re7) == live["pred"]).double().mean()),
@@ -237,9 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
     rows += derived
 
-    ckpt = torch.load(args.ckpt_path, map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(args.ckpt_path, mmap=True).raw
     meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": machine(),
         "torch": torch.__version__,
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -252,8 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
         "images": rows[0]["images"],
         "classes": m,
         "draws": args.draws,
-        "precision": hp.score_precision,
-        "seed": hp.seed,
+        "precision": task.scoring.precision,
+        "seed": task.hparams.seed,
         "reweight_check": check,
         "cpu_count": os.cpu_count(),
     }

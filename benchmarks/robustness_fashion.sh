@@ -51,7 +51,7 @@ for data in fashion_mnist fashion_mnist_c fashion_mnist_hard; do
     --trainer.logger=false \
     --trainer.default_root_dir="$OUT/dit/$data" --model.init_args.results_dir="$OUT/dit/$data" \
     --model.init_args.results_file="$RESULTS" --model.init_args.label="${LABEL:-DiT-T/4}" --model.init_args.ci_level=0.995 \
-    --model.strategy "${STRATEGY:-adaptive_fashion_top3}" --model.init_args.score_compile=true --ckpt_path="$DIT"
+    --model.strategy "${STRATEGY:-adaptive_fashion_top3}" --model.init_args.scoring.compile=true --ckpt_path="$DIT"
 done
 
 python cli.py report --results "$RESULTS" --out "$OUT/report" --id_dataset fashion_mnist --level 0.995
@@ -65,13 +65,13 @@ for m in "${MODELS[@]}"; do
   python cli.py predict --config "configs/baselines/fashion_mnist_${CONFIG[$m]}.yaml" --data fashion_mnist_c \
     "${common[@]}" --trainer.logger=false --trainer.default_root_dir="$OUT/baselines/$m/predict" \
     --ckpt_path="$OUT/baselines/$m/ckpt/last.ckpt" \
-    --trainer.callbacks+=diffclf.writer.PredictionWriter --trainer.callbacks.output="$P/$m.jsonl"
+    --trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter --trainer.callbacks.output="$P/$m.jsonl"
   preds+=(--preds "$m=$P/$m.jsonl")
 done
 python cli.py predict --config configs/fashion_mnist.yaml --data fashion_mnist_c "${common[@]}" \
   --data.init_args.eval_batch_size=100 --data.init_args.image_size="${IMAGE_SIZE:-28}" --trainer.logger=false \
   --trainer.default_root_dir="$OUT/dit/predict" --model.strategy "${STRATEGY:-adaptive_fashion_top3}" \
-  --model.init_args.score_compile=true --ckpt_path="$DIT" \
-  --trainer.callbacks+=diffclf.writer.PredictionWriter --trainer.callbacks.output="$P/dit.jsonl"
+  --model.init_args.scoring.compile=true --ckpt_path="$DIT" \
+  --trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter --trainer.callbacks.output="$P/dit.jsonl"
 python benchmarks/corruption_breakdown.py --shift data/shifts/fashion_mnist_c "${preds[@]}" \
   --preds "${LABEL:-DiT-T/4}=$P/dit.jsonl" --out "$OUT/report/corruptions"

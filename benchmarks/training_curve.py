@@ -18,22 +18,16 @@ import csv
 import json
 import re
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from strategies import git, machine, parse_data_args, pct, run_live, test_batches  # noqa: E402
-
-from diffclf.allocator import keep_freed_memory  # noqa: E402
-from diffclf.metrics.accuracy import clopper_pearson  # noqa: E402
-from diffclf.module import DiffusionClassifier, describe_strategy  # noqa: E402
-from diffclf.strategies import Adaptive  # noqa: E402
+from diffclf.cli.allocator import keep_freed_memory
+from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.metrics.provenance import command_line, git, machine, utc_now
+from diffclf.strategies import Adaptive
+from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, pct, run_live, split_batches
+from diffclf.tasks.diffusion import describe_strategy
 
 STEP = re.compile(r"step=(\d+)")
 
@@ -48,8 +42,9 @@ def val_losses(metrics: Path) -> dict[int, float]:
     return out
 
 
-
 def plot(rows: list[dict], path: Path, title: str) -> None:
+    """Accuracy (with its interval) and held-out eps-loss against images seen, on two axes: the loss alone
+    does not show when the class conditioning is learned."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.4, 3.6))
@@ -84,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--step_offset", type=int, default=0,
                     help="steps of the earlier stage(s) the run continued, added to every step (images seen)")
     ap.add_argument("--precision", choices=["32", "bf16"], default="32")
-    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model.score_compile)")
+    ap.add_argument("--compile", action="store_true", help="score with torch.compile (model scoring.compile)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
     ap.add_argument("--resume", action="store_true",
@@ -103,13 +98,17 @@ def main(argv: list[str] | None = None) -> dict:
         ckpts.insert(0, (0, Path(args.init_ckpt)))
     metrics = run / "metrics.csv"
     losses = val_losses(metrics) if metrics.is_file() else {}
-    dm, batches = test_batches(args.data, args.data_arg, args.limit)
+    try:
+        data_args = parse_overrides(args.data_arg)
+        dm, batches = split_batches(args.data, data_args, args.limit)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     strategy = Adaptive(keep=args.keep, trials=args.trials)
     rows = []
     out = Path(args.out)
     if args.resume and out.with_suffix(".json").is_file():
         earlier = json.loads(out.with_suffix(".json").read_text())
-        same = {"data": args.data, "data_args": parse_data_args(args.data_arg),
+        same = {"data": args.data, "data_args": data_args,
                 "strategy": describe_strategy(strategy), "precision": args.precision}
         if any(earlier["meta"].get(k) != v for k, v in same.items()) or earlier["rows"][0]["images"] != len(
             torch.cat([b[2] for b in batches])
@@ -118,15 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
         rows = earlier["rows"]
         done = {r["step"] for r in rows}
         ckpts = [(step, path) for step, path in ckpts if step not in done]
-    command = "python benchmarks/training_curve.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line(["benchmarks/training_curve.py", *(argv if argv is not None else sys.argv[1:])])
     result = {"meta": {}, "rows": rows}
     for step, path in ckpts:
-        module = DiffusionClassifier.load_from_checkpoint(path, map_location="cpu")
-        module.eval()
-        module.label_space = dm.label_space
-        module.hparams.score_precision = args.precision
-        module.hparams.score_compile = args.compile
-        res = run_live(module, strategy, batches, keep_table=False)
+        try:
+            task = load_diffusion_task(path, dm, option="checkpoint")
+        except (FileNotFoundError, TypeError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
+        task.set_scoring(precision=args.precision, compile=args.compile)
+        res = run_live(task, strategy, batches, keep_table=False)
         n, k = int(res["target"].numel()), int((res["pred"] == res["target"]).sum())
         low, high = clopper_pearson(k, n, 0.95)
         rows.append({
@@ -146,9 +145,9 @@ def write(out: Path, run: Path, args: argparse.Namespace, strategy: Adaptive, co
     """``OUT.json``, ``OUT.md`` and ``OUT.png`` from the rows measured so far."""
     rows = sorted(rows, key=lambda r: r["step"])
     meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "device": machine(), "torch": torch.__version__, "commit": git("rev-parse", "--short", "HEAD"),
-        "command": command, "run_dir": str(run), "data": args.data, "data_args": parse_data_args(args.data_arg),
+        "command": command, "run_dir": str(run), "data": args.data, "data_args": parse_overrides(args.data_arg),
         "strategy": describe_strategy(strategy), "precision": args.precision,
     }
     out.parent.mkdir(parents=True, exist_ok=True)

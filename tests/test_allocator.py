@@ -10,7 +10,7 @@ import pytest
 
 PROBE = """
 import resource, sys, torch
-from diffclf.allocator import keep_freed_memory
+from diffclf.cli.allocator import keep_freed_memory
 from diffclf.models import create_dit
 applied = keep_freed_memory() if sys.argv[1] == "keep" else False
 torch.set_num_threads(1)

@@ -1,25 +1,88 @@
-"""The benchmark scripts that produce the recorded result files: run on small inputs, checked against counts."""
+"""The benchmark scripts that produce the recorded result files: run on small inputs, checked against counts.
+
+The scripts import only the installed package (``diffclf.tasks.analysis``, ``diffclf.strategies.replay``,
+``diffclf.metrics.provenance``); they are loaded here from their files, not from ``sys.path``.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
+from diffclf.data import LabelSpace
+from diffclf.strategies import Adaptive, Exhaustive, PairedTTest
+from diffclf.strategies.replay import ReplayScorer
+from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, run_live, run_replay, split_batches
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import corruption_breakdown
-import eval_choices
-from strategies import test_batches as load_batches
-
+BENCHMARKS = REPO / "benchmarks"
 DIGITS_CKPT = REPO / "checkpoints" / "digits_dit_t2.ckpt"
+needs_ckpt = pytest.mark.skipif(not DIGITS_CKPT.is_file(), reason="published digits checkpoint not in this checkout")
 
 
+def _script(name: str) -> ModuleType:
+    """A benchmark script as a module, loaded from its file (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+corruption_breakdown = _script("corruption_breakdown")
+eval_choices = _script("eval_choices")
+strategies = _script("strategies")
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def test_benchmark_scripts_import_only_the_installed_package() -> None:
+    scripts = sorted(BENCHMARKS.glob("*.py"))
+    names = {p.stem for p in scripts}
+    assert {"strategies", "eval_choices", "training_curve", "corruption_breakdown"} <= names
+    for path in scripts:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", None) == "sys":
+                pytest.fail(f"{path.name}:{node.lineno} edits or reads sys.path")
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                roots = {(node.module or "").split(".")[0]} if node.level == 0 else {"<relative>"}
+            else:
+                continue
+            assert not roots & (names | {"<relative>"}), f"{path.name}:{node.lineno} imports another benchmark script"
+            for root in roots - {"diffclf", "__future__"}:
+                assert root in sys.stdlib_module_names or root in {"torch", "numpy", "matplotlib"}, (
+                    f"{path.name}:{node.lineno} imports {root}"
+                )
+
+
+def test_benchmark_commands_use_the_current_names() -> None:
+    """Shell scripts, README commands and scripts name options and classes that exist after the restructuring."""
+    gone = [
+        r"--model\.init_args\.score_\w+",  # flat scoring options, now --model.init_args.scoring.*
+        r"--model\.init_args\.(error|design|noise|weighting|weight_rate|t_range|flip_views|temperature)\b",
+        r"diffclf\.(writer|module|baselines|allocator|commands)\b",
+    ]
+    for path in [*BENCHMARKS.glob("*.sh"), BENCHMARKS / "README.md", *BENCHMARKS.glob("*.py")]:
+        text = path.read_text()
+        for pattern in gone:
+            found = re.search(pattern, text)
+            assert found is None, f"{path.name}: {found.group(0)}"
+    readme = (BENCHMARKS / "README.md").read_text()
+    assert "diffclf.metrics.provenance" in readme and "diffclf.tasks.callbacks.PredictionWriter" in readme
+
+
+# ---------------------------------------------------------------------------------------------- corruptions
 def _shift(tmp_path: Path) -> Path:
     folder = tmp_path / "shift"
     folder.mkdir()
@@ -40,13 +103,15 @@ def _preds(path: Path, rows: list[tuple[int, int, int]]) -> Path:
 
 def test_corruption_breakdown_counts_per_corruption_and_severity(tmp_path: Path) -> None:
     shift = _shift(tmp_path)
-    preds = _preds(tmp_path / "m.jsonl", [(0, 0, 0), (1, 1, 0), (2, 2, 2), (3, 0, 0), (4, 1, 1), (5, 2, 0)])
+    # written out of index order: the package reader sorts, the counts do not depend on it
+    preds = _preds(tmp_path / "m.jsonl", [(5, 2, 0), (0, 0, 0), (1, 1, 0), (2, 2, 2), (3, 0, 0), (4, 1, 1)])
     out = corruption_breakdown.main(["--shift", str(shift), "--preds", f"m={preds}", "--out", str(tmp_path / "o")])
     table = out["tables"]["m"]
     assert (table["noise"]["correct"], table["noise"]["n"]) == (2, 3)
     assert (table["noise@3"]["correct"], table["noise@3"]["n"]) == (1, 2)
     assert (table["blur@1"]["correct"], table["blur"]["correct"], table["all"]["correct"]) == (2, 2, 4)
     assert "| noise | 66.7" in (tmp_path / "o.md").read_text()
+    assert out["command"].startswith("python benchmarks/corruption_breakdown.py --shift ")
 
 
 def test_corruption_breakdown_refuses_predictions_of_other_images(tmp_path: Path) -> None:
@@ -61,8 +126,27 @@ def test_corruption_breakdown_refuses_predictions_of_other_images(tmp_path: Path
         corruption_breakdown.main(["--shift", str(shift), "--preds", str(other), "--out", str(tmp_path / "o")])
 
 
+def test_corruption_breakdown_refuses_unreadable_prediction_files(tmp_path: Path) -> None:
+    shift = _shift(tmp_path)
+    args = ["--shift", str(shift), "--out", str(tmp_path / "o"), "--preds"]
+    with pytest.raises(SystemExit, match="no such file"):
+        corruption_breakdown.main([*args, f"m={tmp_path / 'none.jsonl'}"])
+    twice = _preds(tmp_path / "t.jsonl", [(i, int(i % 3), 0) for i in [*range(6), 2]])
+    with pytest.raises(SystemExit, match="index 2 appears twice"):
+        corruption_breakdown.main([*args, f"m={twice}"])
+    broken = tmp_path / "b.jsonl"
+    broken.write_text('{"index": 0, "target": 0, "pred": 0}\n{"index": 1,\n')
+    with pytest.raises(SystemExit, match=r"b\.jsonl:2: not a JSON row"):
+        corruption_breakdown.main([*args, f"m={broken}"])
+    csv = tmp_path / "c.csv"
+    csv.write_text("index,target,pred,top5,forwards\n")
+    with pytest.raises(SystemExit, match="expected a .jsonl or .parquet"):
+        corruption_breakdown.main([*args, f"m={csv}"])
+
+
+# ---------------------------------------------------------------------------------------------- batches
 def test_train_split_batches_are_unflipped_training_images_in_file_order() -> None:
-    dm, batches = load_batches("digits", ["flip=true"], limit=70, split="train")  # a model trained with flips
+    dm, batches = split_batches("digits", parse_overrides(["flip=true"]), limit=70, split="train")  # trained with flips
     images = torch.cat([b[0] for b in batches])
     assert torch.cat([b[2] for b in batches]).tolist() == list(range(70))
     base = dm.train_dataset.base
@@ -70,7 +154,75 @@ def test_train_split_batches_are_unflipped_training_images_in_file_order() -> No
     assert not torch.equal(images, images.flip(-1))  # the check above can tell a flipped image
 
 
-@pytest.mark.skipif(not DIGITS_CKPT.is_file(), reason="published digits checkpoint not in this checkout")
+def test_split_batches_and_overrides_refuse_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_overrides(["flip"])
+    with pytest.raises(ValueError, match="expected 'test' or 'train'"):
+        split_batches("digits", split="val")
+    with pytest.raises(FileNotFoundError, match="no preset"):
+        split_batches("no_such_data")
+    dm, batches = split_batches("digits", limit=5)
+    assert [len(b[2]) for b in batches] == [5] and dm.label_space.num_classes == 10
+
+
+# ---------------------------------------------------------------------------------------------- live and replay
+@needs_ckpt
+def test_replay_reproduces_live_strategies_and_leaves_the_task_as_it_was() -> None:
+    dm, batches = split_batches("digits", limit=8)
+    task = load_diffusion_task(DIGITS_CKPT, dm)
+    ref = run_live(task, Exhaustive(trials=10), batches, keep_table=True)
+    assert ref["errors"].shape == (8, 10, 10) and not torch.isnan(ref["errors"]).any()
+    assert ref["candidates"].tolist() == list(range(10)) and ref["forwards"].tolist() == [100] * 8
+    assert "new_table" not in vars(task.scorer())  # the table capture is undone
+    replay = ReplayScorer.from_run(ref["errors"], ref["index"], task.num_model_classes)
+    for strategy in (
+        Exhaustive(trials=10),
+        Adaptive(keep=[2, 1], trials=[3, 10]),
+        PairedTTest(alpha=0.1, min_trials=3, max_trials=10, round_size=1),
+    ):
+        live = run_live(task, strategy, batches)
+        rep = run_replay(task, strategy, batches, replay)
+        assert torch.equal(rep["pred"], live["pred"]) and torch.equal(rep["forwards"], live["forwards"])
+        assert torch.equal(rep["finalists"], live["finalists"]) and "seconds" not in rep
+        assert task.scorer() is not replay  # the task scores with its own scorer again
+    assert (live["forwards"] < 100).any()  # the t-test did drop classes, so the replay had something to count
+    with pytest.raises(ValueError, match="does not fit"):
+        run_replay(task, Exhaustive(trials=5), batches, replay)  # a 5-draw grid is not a prefix of these draws
+    with pytest.raises(KeyError, match="no recorded errors"):
+        run_replay(task, Exhaustive(trials=10), [(batches[0][0], batches[0][1], batches[0][2] + 1000)], replay)
+
+
+@needs_ckpt
+def test_load_diffusion_task_refuses_a_label_space_over_other_classes() -> None:
+    dm, _ = split_batches("digits", limit=1)
+    dm.label_space = LabelSpace.identity([str(i) for i in range(7)], name="seven")
+    with pytest.raises(ValueError, match="10 classes but the data's label space 'seven'"):
+        load_diffusion_task(DIGITS_CKPT, dm)
+
+
+@needs_ckpt
+def test_strategies_runs_live_replays_and_renders(tmp_path: Path) -> None:
+    out = strategies.main([
+        "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "3", "--threads", "1",
+        "--out", str(tmp_path / "s"),
+    ])
+    rows, meta = out["strategies"], out["meta"]
+    assert [r["name"] for r in rows] == [name for name, _ in strategies.default_strategies()]
+    assert rows[0]["forwards_per_image"] == 1000 and all(r["images"] == 3 for r in rows)
+    assert meta["replay_matches_live"] and all(meta["replay_matches_live"].values())
+    live = {r["name"] for r in out["sweep"] if not r["replayed"]}
+    assert live == {r["name"] for r in out["sweep"] if re.fullmatch(r"adaptive \[1\]x\[\d+\]", r["name"])}
+    assert set(meta["device"]) == {"cpu", "cpu_family_model", "logical_cpus", "torch_threads", "device"}
+    assert meta["command"].startswith("python benchmarks/strategies.py --ckpt_path ")
+    assert meta["scoring"]["precision"] == "32" and meta["global_step"] == 5500
+    md = (tmp_path / "s.md").read_text()
+    assert "classified live, untimed" in md and "adaptive [1]x[2]†" in md
+    again = strategies.main(["--out", str(tmp_path / "s"), "--render"])
+    assert again["strategies"] == json.loads(json.dumps(rows)) and (tmp_path / "s.md").read_text() == md
+
+
+# ---------------------------------------------------------------------------------------------- eval choices
+@needs_ckpt
 def test_eval_choices_runs_selected_rows_on_the_training_split(tmp_path: Path) -> None:
     out = eval_choices.main([
         "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--split", "train", "--limit", "20",
@@ -84,6 +236,16 @@ def test_eval_choices_runs_selected_rows_on_the_training_split(tmp_path: Path) -
     assert row["correct"] - ref["correct"] == row["fixed"] - row["broken"]
     assert out["meta"]["split"] == "train" and out["meta"]["reweight_check"] is None
     assert "20 train images" in (tmp_path / "ec.md").read_text()
+
+
+@needs_ckpt
+def test_eval_choices_reweighting_matches_the_live_exp_row(tmp_path: Path) -> None:
+    out = eval_choices.main([
+        "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "6", "--draws", "4", "--prefixes", "2",
+        "--only", "exp weighting k=7", "--threads", "1", "--out", str(tmp_path / "ec"),
+    ])
+    check = out["meta"]["reweight_check"]
+    assert check["agreement"] == 1.0 and check["max_abs_diff"] < 1e-5
 
 
 def test_eval_choices_refuses_a_row_filter_that_matches_nothing(tmp_path: Path) -> None:

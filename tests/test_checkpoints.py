@@ -1,13 +1,13 @@
 """Checkpoint formats: original ``.pt``, diffusers transformer and pipeline folders, export round trips."""
 
 import json
-import math
 
 import pytest
 import torch
+from conftest import randomize
 
 from diffclf.models import DiT, create_dit, load_dit
-from diffclf.models.checkpoints import (
+from diffclf.models.formats import (
     export_diffusers,
     read_pipeline_info,
     state_dict_from_diffusers,
@@ -21,16 +21,6 @@ HEADS, HEAD_DIM, DEPTH, SIZE, PATCH, CLASSES = 2, 16, 2, 8, 2, 10
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                fan_in = p.shape[-1] if p.dim() > 1 else 10
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
-    return model
 
 
 def tiny_transformer(seed: int = 0):
@@ -255,7 +245,7 @@ def test_pipeline_info_refuses_other_schedules(tmp_path):
 
 
 def test_bench_runs_on_original_format_weights(tmp_path) -> None:
-    from diffclf.bench import bench
+    from diffclf.cli.bench import bench
     from diffclf.models import create_dit
 
     dit = create_dit("DiT-S/8", input_size=16, in_channels=4, num_classes=20, learn_sigma=True, depth=2)

@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEBIAN_FASHION
 
-from diffclf.main import CONFIG_DIR, main, rewrite_aliases
+from diffclf.cli import main
+from diffclf.cli.presets import CONFIG_DIR, load_preset, rewrite_aliases
+from diffclf.strategies import Strategy
 
 ROOT_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml")) + sorted((CONFIG_DIR / "baselines").glob("*.yaml"))
 # Configs whose data exists on this machine (digits is embedded; Fashion-MNIST comes from Debian's package).
 LOCAL_DATA_CONFIGS = [p for p in ROOT_CONFIGS if p.stem in ("quickstart", "fashion_mnist") or "fashion_mnist_" in p.stem]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION = DEBIAN_FASHION
 FAST = [
     "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
     "--trainer.check_val_every_n_epoch=1", "--trainer.val_check_interval=1.0", "--trainer.max_steps=-1",
@@ -23,13 +26,8 @@ FAST = [
 
 
 def _tmp_run(tmp_path: Path) -> list[str]:
-    ckpt_dir = tmp_path / "ckpt"
-    return [
-        f"--trainer.default_root_dir={tmp_path}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        f"--trainer.callbacks.init_args.dirpath={ckpt_dir}",
-        f"--model.init_args.results_dir={tmp_path}",
-    ]
+    # One option moves the whole run: logs, config, results and checkpoints/ (every preset leaves them unset).
+    return [f"--trainer.default_root_dir={tmp_path}"]
 
 
 @pytest.mark.parametrize("config", ROOT_CONFIGS, ids=lambda p: p.name)
@@ -45,23 +43,28 @@ def test_every_config_with_local_data_runs_a_few_steps(config: Path, tmp_path: P
     if "fashion" in config.stem and not FASHION.is_dir():
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     main(["fit", "--config", str(config), *_tmp_run(tmp_path), *FAST, "--data.init_args.num_workers=0"])
-    assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (CONFIG_DIR / "strategy").glob("*.yaml")))
 def test_every_strategy_preset_builds(preset: str) -> None:
-    from diffclf.bench import load_strategy
-
-    strategy = load_strategy(preset)
+    strategy = load_preset("strategy", preset, Strategy, "--strategies")
     assert strategy.max_draws > 0
 
 
-def test_alias_rewrite_names_unknown_preset(tmp_path: Path) -> None:
-    assert rewrite_aliases(["test", "--data", "digits"])[-1].endswith("configs/data/digits.yaml")
-    assert rewrite_aliases(["--model.strategy=ttest"])[-1].endswith("configs/strategy/ttest.yaml")
-    assert rewrite_aliases(["--data", "x.yaml"]) == ["--data", "x.yaml"]
-    with pytest.raises(SystemExit, match="no preset .*nosuch.yaml"):
+def test_alias_rewrite_finds_packaged_presets_and_names_unknown_ones(tmp_path: Path, monkeypatch) -> None:
+    assert rewrite_aliases(["test", "--data", "digits"])[-1] == str(CONFIG_DIR / "data" / "digits.yaml")
+    assert rewrite_aliases(["--model.strategy=ttest"])[-1] == str(CONFIG_DIR / "strategy" / "ttest.yaml")
+    assert rewrite_aliases(["fit", "--config", "quickstart"])[-1] == str(CONFIG_DIR / "quickstart.yaml")
+    # Outside the checkout, the README's configs/... paths resolve to the packaged presets.
+    monkeypatch.chdir(tmp_path)
+    assert rewrite_aliases(["--config", "configs/quickstart.yaml"])[-1] == str(CONFIG_DIR / "quickstart.yaml")
+    (tmp_path / "mine.yaml").write_text("seed_everything: 1\n")
+    assert rewrite_aliases(["--config", "mine.yaml"]) == ["--config", "mine.yaml"]
+    with pytest.raises(FileNotFoundError, match="--data nosuch: no preset configs/data/nosuch.yaml; known presets: .*digits"):
         rewrite_aliases(["--data", "nosuch"])
+    with pytest.raises(FileNotFoundError, match="--config configs/nosuch.yaml: no such file"):
+        rewrite_aliases(["--config", "configs/nosuch.yaml"])
 
 
 def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:
@@ -69,21 +72,26 @@ def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: P
     cfg = ["--config", str(CONFIG_DIR / "quickstart.yaml")]
     main(["fit", *cfg, *_tmp_run(tmp_path), *FAST, "--trainer.max_epochs=-1", "--trainer.max_steps=5",
           "--trainer.limit_val_batches=0", "--trainer.callbacks.init_args.every_n_train_steps=2"])
-    last = torch.load(tmp_path / "ckpt" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 5
 
 
-def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
+def test_quickstart_fit_resume_test_predict(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the config's own runs/quickstart would land here
     cfg = ["--config", str(CONFIG_DIR / "quickstart.yaml")]
-    run = _tmp_run(tmp_path)
+    root = tmp_path / "run"
+    run = _tmp_run(root)
     main(["fit", *cfg, *run, *FAST])
-    last = tmp_path / "ckpt" / "last.ckpt"
+    # Every file of the run is under the one folder named on the command line, none under ./runs.
+    assert not (tmp_path / "runs").exists()
+    assert {p.name for p in root.iterdir()} == {"checkpoints", "config.yaml", "hparams.yaml", "metrics.csv"}
+    last = root / "checkpoints" / "last.ckpt"
     assert last.is_file()
     first = torch.load(last, map_location="cpu", weights_only=False)
     assert first["global_step"] == 2
 
     # Resume continues from the same step with the same EMA weights.
-    log = tmp_path / "quickstart" / "metrics.csv"
+    log = root / "metrics.csv"
     with log.open("a") as f:  # a row the interrupted process wrote after its checkpoint
         f.write("0,2," + "," * (log.read_text().splitlines()[0].count(",") - 1) + "\n")
     main(["fit", *cfg, *run, *FAST, "--trainer.max_epochs=2", f"--ckpt_path={last}"])
@@ -96,16 +104,16 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     # Evaluation options come from the command line, not from the training run's saved hparams.
     test_args = ["--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
                  "--model.init_args.strategy.init_args.trials=4", "--model.init_args.seed=3",
-                 "--model.init_args.error=l1"]
-    fit_config = (tmp_path / "quickstart" / "config.yaml").read_text()
+                 "--model.init_args.scoring.error=l1"]
+    fit_config = (root / "config.yaml").read_text()
     main(["test", *cfg, *run, *test_args, f"--ckpt_path={last}"])
     # Evaluating in the training folder, with or without a logger, keeps the record of how it was trained.
-    main(["validate", *cfg, *run, f"--ckpt_path={last}", "--trainer.logger=false", "--trainer.limit_val_batches=1",
-          f"--trainer.default_root_dir={tmp_path / 'quickstart'}"])
-    assert (tmp_path / "quickstart" / "config.yaml").read_text() == fit_config
-    assert (tmp_path / "quickstart" / "config_validate.yaml").is_file()
-    assert "error: l1" in (tmp_path / "quickstart" / "test" / "config_test.yaml").read_text()
-    record = json.loads((tmp_path / "results.json").read_text())
+    main(["validate", *cfg, *run, f"--ckpt_path={last}", "--trainer.logger=false", "--trainer.limit_val_batches=1"])
+    assert (root / "config.yaml").read_text() == fit_config
+    assert (root / "config_validate.yaml").is_file()
+    assert "error: l1" in (root / "test" / "config_test.yaml").read_text()
+    assert not (tmp_path / "runs").exists()
+    record = json.loads((root / "results.json").read_text())
     for key in ("dataset", "num_classes", "n", "correct", "accuracy", "ci_low", "ci_high", "ci_level",
                 "mean_per_class_accuracy", "top5_accuracy", "forwards_per_image", "seconds_per_image",
                 "strategy", "seed"):
@@ -114,14 +122,14 @@ def test_quickstart_fit_resume_test_predict(tmp_path: Path) -> None:
     assert record["seed"] == 3 and record["scoring"]["error"] == "l1"
     assert record["ci_low"] <= record["accuracy"] <= record["ci_high"]
 
-    preds = tmp_path / "preds.jsonl"
+    preds = root / "preds.jsonl"
     main(["predict", *cfg, *run, "--data.init_args.eval_limit=8", "--data.init_args.eval_batch_size=8",
           "--model.init_args.strategy.init_args.trials=4", f"--ckpt_path={last}",
-          "--trainer.callbacks+=diffclf.writer.PredictionWriter", f"--trainer.callbacks.output={preds}"])
+          "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter", f"--trainer.callbacks.output={preds}"])
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(8))
     assert all(len(r["probs"]) == 10 and abs(sum(r["probs"]) - 1) < 1e-4 for r in rows)
 
-    grid = tmp_path / "grid.png"
+    grid = root / "grid.png"
     main(["sample", f"--ckpt_path={last}", f"--out={grid}", "--per_class=2", "--steps=3", "--classes=[0,1,2]"])
     assert grid.is_file() and grid.stat().st_size > 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "configs" / "quickstart.yaml"
 EVAL = ["--data.init_args.eval_limit=11", "--data.init_args.eval_batch_size=4",
         "--model.init_args.strategy.init_args.trials=4", "--trainer.enable_progress_bar=false"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_dirs(tmp: Path) -> list[str]:
@@ -51,7 +45,7 @@ def _env(rank: int = 0, world: int = 1, port: int = 0) -> dict[str, str]:
 
 def _srun(args: list[str], world: int, timeout: float = 300) -> list[str]:
     """Run ``python cli.py ARGS`` as ``world`` SLURM tasks (one per simulated node); return their logs."""
-    port = _free_port()
+    port = free_port()
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
     if world > 1:
         ddp += ["--trainer.strategy=ddp", f"--trainer.num_nodes={world}"]
@@ -98,7 +92,7 @@ def test_two_node_fit_then_test_counts_every_image_once(two_node_fit: Path) -> N
 
 def _predict(tmp: Path, ckpt: Path, output: Path, world: int = 1, extra: list[str] | None = None) -> list[str]:
     return ["predict", "--config", str(QUICK), *_run_dirs(tmp), f"--ckpt_path={ckpt}",
-            "--trainer.callbacks+=diffclf.writer.PredictionWriter", f"--trainer.callbacks.output={output}",
+            "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter", f"--trainer.callbacks.output={output}",
             "--trainer.callbacks.keep_parts=true", "--trainer.enable_progress_bar=false", *(extra or [])]
 
 

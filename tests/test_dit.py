@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import randomize
 
 from diffclf.models import DIT_PRESETS, DiT, create_dit
 from diffclf.models.dit import TimestepEmbedder, dit_flops, dit_macs
@@ -19,17 +20,6 @@ TINY = {
     "num_heads": 4,
     "num_classes": 5,
 }
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Replace every trainable weight by a random one (DiT's init zeroes adaLN and the output)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                fan_in = p.shape[-1] if p.dim() > 1 else 10
-                p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
-    return model
 
 
 def inputs(n: int = 3, c: int = 4, s: int = 8, k: int = 5, seed: int = 1):

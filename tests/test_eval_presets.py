@@ -25,8 +25,8 @@ import pytest
 import torch
 from test_folders import write_class_tree, write_image, write_objectnet
 
-from diffclf.data.imagenet import imagenet_a_indices, imagenet_wnids
-from diffclf.main import main
+from diffclf.cli import main
+from diffclf.data.label_spaces import imagenet_a_indices, imagenet_wnids
 from diffclf.models.dit import DiT
 
 diffusers = pytest.importorskip("diffusers")
@@ -42,13 +42,7 @@ WNID = imagenet_wnids()
 assert A[57] == 315 and 999 not in A and 530 in A and 954 in A and 409 not in A
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and two OpenMP threads crawl on a loaded 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # preset → (class folders with their image counts, images scored, images of the predicted class)
@@ -130,7 +124,7 @@ def dit_args(weights: dict[str, Path], tmp: Path) -> list[str]:
     return ["--config", str(REPO / "configs" / "dit_xl2_256.yaml"),
             "--model.init_args.pretrained", str(weights["dit"]), "--model.init_args.vae", str(weights["vae"]),
             "--model.init_args.input_size", str(LATENT), "--model.init_args.strategy.init_args.trials", str(TRIALS),
-            "--model.init_args.score_batch_size", "1000",
+            "--model.init_args.scoring.batch_size", "1000",
             "--model.init_args.results_dir", str(tmp), "--model.init_args.results_file", str(tmp / "results.jsonl")]
 
 

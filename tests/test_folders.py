@@ -7,7 +7,6 @@ about ImageNet's sorted-wnid indices (tench = 0, kit fox = 278, toilet tissue = 
 
 from __future__ import annotations
 
-import inspect
 import json
 from importlib import import_module
 from pathlib import Path
@@ -17,15 +16,14 @@ import pytest
 import timm
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 from PIL import Image
 
 from diffclf.data.folders import ImageFileDataset, ImageFolderDataModule, UnreadableImageError
-from diffclf.data.imagenet import (
-    ImageNetADataModule,
-    ImageNetDataModule,
-    ImageNetV2DataModule,
-    ObjectNetDataModule,
-)
+from diffclf.data.imagenet import ImageNetDataModule
+from diffclf.data.imagenet_a import ImageNetADataModule
+from diffclf.data.imagenet_v2 import ImageNetV2DataModule
+from diffclf.data.objectnet import ObjectNetDataModule
 from diffclf.data.transforms import ImageTransform
 
 REPO = Path(__file__).resolve().parents[1]
@@ -430,7 +428,9 @@ def test_presets_are_complete(tmp_path: Path, preset: str) -> None:
     config = yaml.safe_load((REPO / "configs" / "data" / f"{preset}.yaml").read_text())
     module, _, cls_name = config["class_path"].rpartition(".")
     cls = getattr(import_module(module), cls_name)
-    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data")  # the class's own arguments and, through **kwargs, the base's
+    params = list(vars(parser.get_defaults().data))
     args = config["init_args"]
     assert sorted(args) == sorted(params), "a preset must spell out every argument (jsonargparse carries them over)"
     assert (args["image_size"], args["in_channels"], args["crop"], args["on_bad_file"]) == (256, 3, "adm", "error")

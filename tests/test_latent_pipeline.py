@@ -21,8 +21,9 @@ import pytest
 import torch
 import yaml
 
-from diffclf.data.small import FashionMNISTDataModule, fashion_mnist_label_space, find_fashion_mnist
-from diffclf.main import main
+from diffclf.cli import main
+from diffclf.data.fashion_mnist import FashionMNISTDataModule, find_fashion_mnist
+from diffclf.data.label_spaces import fashion_mnist_label_space
 
 diffusers = pytest.importorskip("diffusers")
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -38,12 +39,7 @@ LATENT = (4, 8, 8)  # a 32 px image through two 2x downsamples
 NAMES = list(fashion_mnist_label_space().names)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def first_images(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,17 +85,17 @@ def run(tmp_path_factory) -> dict[str, Path]:
         "trainer": {
             "accelerator": "cpu", "devices": 1, "max_steps": STEPS, "limit_val_batches": 0, "logger": False,
             "enable_progress_bar": False, "enable_model_summary": False, "default_root_dir": str(tmp),
-            "callbacks": [{"class_path": "diffclf.checkpointing.ModelCheckpoint",
+            "callbacks": [{"class_path": "diffclf.tasks.callbacks.ModelCheckpoint",
                            "init_args": {"dirpath": str(tmp / "ckpt"), "save_last": True, "save_top_k": 0}}],
         },
-        "model": {"class_path": "diffclf.module.DiffusionClassifier", "init_args": {
+        "model": {"class_path": "diffclf.tasks.DiffusionClassifier", "init_args": {
             "model": "DiT-T/2", "model_kwargs": {"hidden_size": 64, "depth": 2, "num_heads": 2},
             "input_size": LATENT[1], "in_channels": LATENT[0], "learn_sigma": False, "vae": str(vae),
-            "lr": 2e-3, "ema_decay": 0.999, "ema_warmup": True, "score_batch_size": 1000,
+            "lr": 2e-3, "ema_decay": 0.999, "ema_warmup": True, "scoring": {"batch_size": 1000},
             "results_dir": str(tmp), "results_file": str(tmp / "results.jsonl"),
             "strategy": {"class_path": "diffclf.strategies.Exhaustive", "init_args": {"trials": TRIALS}},
         }},
-        "data": {"class_path": "diffclf.data.cached.CachedLatentsDataModule", "init_args": {
+        "data": {"class_path": "diffclf.data.CachedLatentsDataModule", "init_args": {
             "train_cache": str(paths["train"]), "test_cache": str(paths["test"]), "vae": str(vae),
             "image_size": 32, "crop": "none", "batch_size": 128, "eval_batch_size": N_TEST,
         }},
@@ -136,7 +132,7 @@ def test_cache_cli_stores_the_first_images_latents_and_label_space(run) -> None:
     assert not torch.allclose(flipped, want[0], atol=1e-3)
     for side in (want[0], flipped):  # both flips are stored, and training picks either at random
         assert any(torch.allclose(d, side, atol=1e-5, rtol=1e-4) for d in draws)
-    with pytest.raises(SystemExit, match="--limit 0"):
+    with pytest.raises(ValueError, match="--limit 0"):
         main(["cache-latents", "--data", "fashion_mnist", "--vae", str(run["vae"]),
               "--out", str(run["tmp"] / "never.safetensors"), "--split", "test", "--limit", "0"])
 
@@ -156,7 +152,7 @@ def test_latent_dit_trained_on_the_cache_classifies_above_chance(run) -> None:
 
 
 def test_cache_refuses_another_vae_resolution_or_crop(run, tmp_path) -> None:
-    from diffclf.data.cached import CachedLatentsDataModule
+    from diffclf.data.latents import CachedLatentsDataModule
 
     other = make_vae(tmp_path / "other_vae", seed=1)
     dm = CachedLatentsDataModule(train_cache=str(run["train"]), vae=str(other), image_size=32, crop="none")
@@ -174,8 +170,8 @@ def test_cache_refuses_another_vae_resolution_or_crop(run, tmp_path) -> None:
 
 
 def test_export_writes_a_pipeline_that_loads_offline_and_reads_back(run, tmp_path, monkeypatch) -> None:
-    from diffclf.commands import load_module
     from diffclf.models import DiT, load_dit
+    from diffclf.tasks.checkpoints import load_task
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "pipe"
@@ -188,7 +184,7 @@ def test_export_writes_a_pipeline_that_loads_offline_and_reads_back(run, tmp_pat
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 32, 32, 1) and ((images >= 0) & (images <= 1)).all()
 
-    ema = load_module(str(run["ckpt"])).ema.eval()
+    ema = load_task(str(run["ckpt"])).ema.eval()
     back = load_dit(out)
     assert back.config == {**ema.config, "timestep_freq_shift": 1.0}
     same = {k: torch.equal(back.state_dict()[k], v) for k, v in ema.state_dict().items() if k != "pos_embed"}

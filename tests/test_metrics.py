@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +11,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 from scipy.stats import binomtest
 from torchmetrics.classification import MulticlassAccuracy
 
-from diffclf.evaluation import ClassificationMetrics, group_index, label_space_scores, make_record
+from diffclf.data.label_spaces import group_index, label_space_scores
 from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.metrics.classification import ClassificationMetrics
 from diffclf.metrics.results import (
     REQUIRED_FIELDS,
     ResultsError,
     append_record,
     load_records,
+    make_record,
     write_results_json,
 )
 from diffclf.metrics.robustness import (
@@ -90,12 +92,6 @@ def test_macro_ignores_absent_classes_and_nan_scores_lose() -> None:
         m.update(scores[:, :5], torch.tensor([0, 1]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -111,7 +107,7 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
 
 def test_uneven_ranks_sum_counts_under_ddp(tmp_path: Path) -> None:
     out = tmp_path / "ddp.json"
-    mp.spawn(_ddp_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(free_port(), str(out)), nprocs=2, join=True)
     got = json.loads(out.read_text())
     scores, target = _example()
     single = ClassificationMetrics(3)

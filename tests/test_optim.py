@@ -9,9 +9,10 @@ import pytest
 from lightning.pytorch import Trainer, seed_everything
 
 from diffclf.data import DigitsDataModule
-from diffclf.module import DiffusionClassifier
-from diffclf.optim import lr_factor
+from diffclf.diffusion.scoring import ScoringOptions
 from diffclf.strategies import Exhaustive
+from diffclf.tasks import DiffusionClassifier
+from diffclf.tasks.optim import lr_factor
 
 
 def test_warmup_is_linear_then_constant() -> None:
@@ -38,7 +39,7 @@ def test_bad_options_name_themselves(schedule: str, ratio: float, match: str) ->
 def _module(**kwargs: object) -> DiffusionClassifier:
     return DiffusionClassifier(
         model="DiT-T/2", input_size=8, in_channels=1, num_classes=10, learn_sigma=False, lr=1e-3,
-        score_batch_size=500, results_dir=None, strategy=Exhaustive(trials=2), **kwargs,
+        scoring=ScoringOptions(batch_size=500), results_dir=None, strategy=Exhaustive(trials=2), **kwargs,
     )
 
 

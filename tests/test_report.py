@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from jsonargparse import CLI
 
-from diffclf.evaluation import make_record
 from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.metrics.report import run_report
+from diffclf.metrics.results import make_record
 from diffclf.metrics.robustness import expit, logit
-from diffclf.report import run_report
 
 N = 1000
 ID_ACC = {"resnet_a": 0.60, "resnet_b": 0.70, "vit_c": 0.80, "DiT-XL/2": 0.75}

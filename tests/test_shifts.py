@@ -2,38 +2,32 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import itertools
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DEBIAN_FASHION, gz_idx
 from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader, TensorDataset
 
-from diffclf.baselines import TimmClassifier
-from diffclf.data.shifts import CORRUPTIONS, FashionMNISTShiftDataModule, build_shift
-from diffclf.data.small import DataSourceError, FashionMNISTDataModule
-from diffclf.main import main
+from diffclf.cli import main
+from diffclf.data.base import DataSourceError
+from diffclf.data.corruptions import CORRUPTIONS
+from diffclf.data.fashion_mnist import FashionMNISTDataModule
+from diffclf.data.shifts import FashionMNISTShiftDataModule, build_shift
+from diffclf.tasks import TimmClassifier
 
-DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN = DEBIAN_FASHION
 pytestmark = pytest.mark.skipif(
     not (DEBIAN / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed (/usr/share/datasets/fashion-mnist absent)",
 )
 LIMIT = 48
-
-
-def gz_idx(name: str) -> np.ndarray:
-    """Debian's IDX file read independently of diffclf."""
-    raw = gzip.decompress((DEBIAN / f"{name}.gz").read_bytes())
-    dims = struct.unpack(f">{raw[3]}I", raw[4 : 4 + 4 * raw[3]])
-    return np.frombuffer(raw[4 + 4 * raw[3] :], dtype=np.uint8).reshape(dims)
 
 
 def load(out: str) -> tuple[dict[str, np.ndarray], dict]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import importlib
-import inspect
 import shutil
 import struct
 from collections import Counter
@@ -14,26 +13,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import DEBIAN_FASHION, gz_idx
+from jsonargparse import ArgumentParser
 from sklearn.datasets import load_digits
 
-from diffclf.data import small
+from diffclf.data import fashion_mnist
+from diffclf.data.base import DataSourceError
+from diffclf.data.digits import DigitsDataModule
+from diffclf.data.fashion_mnist import FashionMNISTDataModule, read_idx
 from diffclf.data.label_spaces import LabelSpace
-from diffclf.data.small import DataSourceError, DigitsDataModule, FashionMNISTDataModule, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN = DEBIAN_FASHION
 needs_debian = pytest.mark.skipif(
     not (DEBIAN / "t10k-labels-idx1-ubyte.gz").is_file(),
     reason="Debian's dataset-fashion-mnist is not installed (/usr/share/datasets/fashion-mnist absent)",
 )
-
-
-def gz_idx(name: str) -> np.ndarray:
-    """An IDX file of Debian's copy read independently of diffclf: gzip, big-endian header, bytes."""
-    raw = gzip.decompress((DEBIAN / f"{name}.gz").read_bytes())
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    return np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(dims)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
@@ -184,7 +179,7 @@ def test_fashion_mnist_from_root_first(tmp_path: Path, layout: str) -> None:
 
 
 def test_fashion_mnist_missing_names_three_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(small, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "not-installed")
     with pytest.raises(DataSourceError) as err:
         FashionMNISTDataModule(root=str(tmp_path / "empty"))
     message = str(err.value)
@@ -230,8 +225,9 @@ def test_data_presets_spell_out_every_argument(preset: str) -> None:
     spec = yaml.safe_load((ROOT / "configs" / "data" / f"{preset}.yaml").read_text())
     module, _, name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
-    params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    assert set(spec["init_args"]) == params
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data")  # the class's own arguments and, through **kwargs, the base's
+    assert set(spec["init_args"]) == set(vars(parser.get_defaults().data))
 
 
 def test_digits_preset_instantiates() -> None:

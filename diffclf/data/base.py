@@ -7,12 +7,18 @@ resumable prediction files. Evaluation splits are sharded over ranks with
 pads with repeated samples, so every image is counted exactly once. That requires
 ``Trainer(use_distributed_sampler=False)`` (the CLI's default); the training split then gets a
 ``DistributedSampler`` from here too.
+
+The loader arguments (``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``)
+are declared here only: a data module takes its own arguments plus ``**kwargs`` for
+``super().__init__``, and jsonargparse follows those ``**kwargs`` here, so ``--data.init_args.batch_size``
+and YAML ``init_args: {batch_size: …}`` reach every data module. What differs per data set, the
+default training batch, is the class attribute ``default_batch_size``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -21,6 +27,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from diffclf.data.label_spaces import LabelSpace
 from diffclf.data.transforms import random_hflip
+
+
+class DataSourceError(ValueError):
+    """Data that is missing or unreadable; the message is one line that says what to do."""
+
+
+def stage_splits(stage: str) -> set[str]:
+    """The splits Lightning needs for ``stage`` (``predict`` reads the test split)."""
+    return {"fit": {"train", "val"}, "validate": {"val"}}.get(stage, {"test"})
 
 
 class UnrepeatedDistributedSampler(Sampler[int]):
@@ -66,7 +81,8 @@ class ClassificationDataModule(LightningDataModule):
     implement :meth:`build_datasets`, returning ``(image, target)`` datasets.
 
     Args:
-        batch_size: training batch size per device.
+        batch_size: training batch size per device (default: the data set's ``default_batch_size``,
+            128; 32 for the ImageNet family and latent caches).
         eval_batch_size: images per batch when validating, testing and predicting (default: batch_size).
         num_workers: dataloader worker processes.
         seed: seed of the training shuffle.
@@ -78,10 +94,14 @@ class ClassificationDataModule(LightningDataModule):
     label_space: LabelSpace
     image_size: int
     in_channels: int
+    #: ``batch_size`` when none is given.
+    default_batch_size: ClassVar[int] = 128
 
-    def __init__(self, batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 0,
+    def __init__(self, batch_size: int | None = None, eval_batch_size: int | None = None, num_workers: int = 0,
                  seed: int = 0, eval_limit: int | None = None) -> None:
         super().__init__()
+        if batch_size is None:
+            batch_size = self.default_batch_size
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size

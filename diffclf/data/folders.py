@@ -6,7 +6,8 @@ decode of every file at setup and *listed* (``on_bad_file="skip"``), so results 
 images were not scored instead of silently scoring fewer. Every mode is converted by
 :func:`diffclf.data.transforms.convert_mode` (alpha composited on white, 16-bit rescaled).
 
-The ImageNet-family data modules (:mod:`diffclf.data.imagenet`) build on the same helpers.
+The evaluation sets (:mod:`diffclf.data.eval_sets` and the ImageNet family built on it) use the same
+helpers.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -224,7 +225,8 @@ class ImageFolderDataModule(ClassificationDataModule):
         subset_file: image paths relative to the test root, one per line: score exactly those.
         on_bad_file: ``error`` or ``skip`` (skipped files are listed in ``skipped_images``).
         split_seed: seed of the held-out draw.
-        batch_size, eval_batch_size, num_workers, seed, eval_limit: see :class:`ClassificationDataModule`.
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+            :class:`ClassificationDataModule`.
     """
 
     def __init__(
@@ -244,13 +246,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         subset_file: str | None = None,
         on_bad_file: BadFile = "error",
         split_seed: int = 0,
-        batch_size: int = 128,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        seed: int = 0,
-        eval_limit: int | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, seed, eval_limit)
+        super().__init__(**kwargs)
         if on_bad_file not in ("error", "skip"):
             raise ValueError(f"data.on_bad_file must be 'error' or 'skip', got {on_bad_file!r}")
         for what, frac, other in (("val", val_fraction, val_root), ("test", test_fraction, test_root)):

@@ -138,6 +138,70 @@ class ScoreTable:
         return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, math.nan))
 
 
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How a diffusion classifier makes and scores its draws: one typed group of options.
+
+    A task takes it as one argument (``model.init_args.scoring`` in YAML, ``--model.init_args.scoring.error
+    l1`` on the command line) instead of a dozen flat constructor arguments, and every conditioning kind
+    (class ids, prompt embeddings) reuses it. Fields are those of :class:`Scorer` plus how the denoiser
+    runs and how errors become probabilities.
+
+    Attributes:
+        design: timesteps ``even`` (reference grid), ``stratified`` (one uniform draw per stratum) or
+            ``uniform`` (iid), over ``t_range``.
+        noise: ``per_image`` draws from ``(seed, index)``; ``shared`` one bank from ``seed`` (DiT paper).
+        error: ``l2`` (mean squared) or ``l1`` (mean absolute) over C, H, W.
+        weighting: ``none``, or ``exp``: Clark & Jaini's x0-space ``exp(-rate t/T)``.
+        weight_rate: the ``rate`` of ``exp`` weighting.
+        t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)`` (default ``[0, T)``).
+        flip_views: half of the draws see the image mirrored left-right (models trained with flips only).
+        batch_size: denoiser evaluations per forward.
+        precision: ``bf16`` runs the denoiser under autocast; errors accumulate in fp32.
+        compile: run the denoiser through ``torch.compile`` (same weights; pays off for narrow models).
+        temperature: ``p(c|x) = softmax(-err_c / temperature)``.
+    """
+
+    design: Literal["even", "stratified", "uniform"] = "even"
+    noise: Literal["per_image", "shared"] = "per_image"
+    error: Literal["l2", "l1"] = "l2"
+    weighting: Literal["none", "exp"] = "none"
+    weight_rate: float = 7.0
+    t_range: tuple[int, int] | None = None
+    flip_views: bool = False
+    batch_size: int = 512
+    precision: Literal["32", "bf16"] = "32"
+    compile: bool = False
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"scoring.temperature must be > 0, got {self.temperature}")
+        if self.precision not in ("32", "bf16"):
+            raise ValueError(f"scoring.precision must be '32' or 'bf16', got {self.precision!r}")
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    def scorer_kwargs(self) -> dict[str, object]:
+        """The :class:`Scorer` keyword arguments these options set."""
+        return {
+            "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
+            "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
+            "batch_size": self.batch_size, "autocast_dtype": self.autocast_dtype,
+        }
+
+    def record(self) -> dict[str, object]:
+        """The options that can change a result, as stored in results records and prediction manifests
+        (``batch_size`` cannot: draws do not depend on batching)."""
+        return {
+            "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
+            "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
+            "precision": self.precision, "compile": self.compile, "temperature": self.temperature,
+        }
+
+
 class Scorer:
     """Scores (image, candidate class) pairs on deterministic draws with one denoiser.
 

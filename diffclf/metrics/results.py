@@ -17,31 +17,41 @@ from typing import Any
 
 import pandas as pd
 
+from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.metrics.provenance import repo_commit, utc_now
+
 SCHEMA_VERSION = 1
 KINDS = ("generative", "discriminative")
-REQUIRED_FIELDS: tuple[str, ...] = (
-    "schema_version",
-    "model",
-    "checkpoint",
-    "dataset",
-    "num_classes",
-    "label_space_size",
-    "n",
-    "correct",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "ci_level",
-    "mean_per_class_accuracy",
-    "top5_accuracy",
-    "forwards_per_image",
-    "seconds_per_image",
-    "strategy",
-    "seed",
-    "commit",
-    "kind",
+# Every field a record can have, in the order results files show them: (name, required, may be null).
+# The one list of record fields: what is required, what may be null and the order all come from it.
+RECORD_FIELDS: tuple[tuple[str, bool, bool], ...] = (
+    ("schema_version", True, False),
+    ("model", True, False),
+    ("kind", True, False),
+    ("checkpoint", True, True),
+    ("dataset", True, False),
+    ("label_space", False, True),
+    ("num_classes", True, False),
+    ("label_space_size", True, False),
+    ("n", True, False),
+    ("correct", True, False),
+    ("accuracy", True, False),
+    ("ci_low", True, False),
+    ("ci_high", True, False),
+    ("ci_level", True, False),
+    ("top5_accuracy", True, False),
+    ("mean_per_class_accuracy", True, False),
+    ("forwards_per_image", True, True),
+    ("seconds_per_image", True, True),
+    ("strategy", True, False),
+    ("seed", True, True),
+    ("commit", True, False),
+    ("timestamp", False, True),
+    ("skipped_images", False, True),
 )
-NULLABLE_FIELDS = frozenset({"checkpoint", "seed", "forwards_per_image", "seconds_per_image"})
+RECORD_ORDER: tuple[str, ...] = tuple(name for name, _, _ in RECORD_FIELDS)
+REQUIRED_FIELDS: tuple[str, ...] = tuple(name for name, required, _ in RECORD_FIELDS if required)
+NULLABLE_FIELDS = frozenset(name for name, required, nullable in RECORD_FIELDS if required and nullable)
 RESULTS_JSON = "results.json"
 
 
@@ -93,6 +103,49 @@ def validate_record(record: Mapping[str, Any], source: str) -> None:
         )
     if not 0.0 < record["ci_level"] < 1.0:
         raise ResultsError(f"{source}: ci_level {record['ci_level']} is not in (0, 1)")
+
+
+def make_record(metrics: Mapping[str, Any], ci_level: float, **context: Any) -> dict[str, Any]:
+    """A results record: the metrics, their Clopper-Pearson interval at ``ci_level`` and the context.
+
+    ``context`` carries model, checkpoint, dataset, num_classes (model classes), label_space_size,
+    strategy, seed, kind and anything else worth keeping; ``commit``, ``timestamp`` and
+    ``skipped_images`` are filled in when not given. Fields come in :data:`RECORD_ORDER`, others after.
+    """
+    low, high = clopper_pearson(metrics["correct"], metrics["n"], ci_level)
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        **context,
+        **metrics,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_level": float(ci_level),
+        "commit": context.get("commit") or repo_commit(),
+        "timestamp": context.get("timestamp") or utc_now(),
+        "skipped_images": context.get("skipped_images", 0),
+    }
+    ordered = {k: record[k] for k in RECORD_ORDER if k in record}
+    return {**ordered, **record}
+
+
+def format_summary(record: Mapping[str, Any]) -> str:
+    """The two-line table ``test`` prints (fractions, interval at the record's level)."""
+    fwd = record.get("forwards_per_image")
+    sec = record.get("seconds_per_image")
+    head = ["dataset", "n", "accuracy", f"{100 * record['ci_level']:g}% CI", "top-5", "mean/class",
+            "forwards/img", "s/img"]
+    row = [
+        str(record["dataset"]),
+        str(record["n"]),
+        f"{record['accuracy']:.4f}",
+        f"[{record['ci_low']:.4f}, {record['ci_high']:.4f}]",
+        f"{record['top5_accuracy']:.4f}",
+        f"{record['mean_per_class_accuracy']:.4f}",
+        "-" if fwd is None else f"{fwd:.6g}",
+        "-" if sec is None else f"{sec:.4g}",
+    ]
+    widths = [max(len(h), len(r)) for h, r in zip(head, row)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in (head, row))
 
 
 def _dumps(record: Mapping[str, Any], indent: int | None = None) -> str:

@@ -15,6 +15,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from diffclf.models.checkpoints import read_checkpoint
+
 VIT_PREFIXES = ("vit_", "deit", "eva", "beit", "flexivit")
 
 
@@ -107,20 +109,11 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     input normalisation included. Returns it in eval mode, mapping [-1, 1] images to logits over
     model classes (``.num_classes`` of them).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such classifier checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same one-line answer
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a readable checkpoint ({reason})") from None
-    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-    if not isinstance(hp, dict) or "model_name" not in hp or not isinstance(ckpt.get("state_dict"), dict):
-        raise ValueError(
-            f"{path}: not a diffclf TimmClassifier checkpoint (no hyper_parameters.model_name and state_dict)"
-        )
-    config = ckpt.get("classifier_config") or {
+    ckpt = read_checkpoint(path, option="classifier", map_location=map_location)
+    hp = ckpt.hparams
+    if "model_name" not in hp:
+        raise ValueError(f"classifier {path}: not a diffclf TimmClassifier checkpoint (no hyper_parameters.model_name)")
+    config = ckpt.raw.get("classifier_config") or {
         "name": hp["model_name"],
         "num_classes": hp["num_classes"],
         "in_chans": hp["in_chans"],
@@ -128,11 +121,11 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
         **dict(hp.get("model_kwargs") or {}),
     }
     model = create_classifier(**config)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = ckpt.prefixed("model.")
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(
-            f"{path}: weights do not fit {hp['model_name']} ({str(err).splitlines()[0]})"
+            f"classifier {path}: weights do not fit {hp['model_name']} ({str(err).splitlines()[0]})"
         ) from None
     return model.to(map_location).eval()

@@ -1,0 +1,207 @@
+"""``diffclf bench``: what the denoiser and the classifier cost on this machine.
+
+Reports raw denoiser forwards per second over batch sizes, analytic FLOPs per forward,
+achieved TFLOP/s (and % of a peak you pass), peak memory, the classification engine's
+throughput at the best batch size (the engine's overhead is the gap to raw), and seconds per
+image for each strategy. Works with random weights for any preset, or a trained checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from diffclf.configs import load_preset
+from diffclf.diffusion.schedule import NoiseSchedule
+from diffclf.diffusion.scoring import Scorer
+from diffclf.metrics.provenance import machine, repo_commit, utc_now
+from diffclf.models.dit import DiT, create_dit, dit_flops
+from diffclf.strategies import Exhaustive, Strategy
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_forward(
+    model: torch.nn.Module, batch: int, shape: tuple[int, int, int], num_classes: int,
+    device: torch.device, dtype: torch.dtype | None, min_seconds: float,
+) -> float:
+    """Denoiser forwards per second at one batch size (inputs made once, outside the timing)."""
+    x = torch.randn(batch, *shape, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            model(x, t, y)
+
+    with torch.no_grad():
+        for _ in range(2):
+            step()
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        while True:
+            step()
+            n += 1
+            _sync(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds and n >= 3:
+                break
+    return n * batch / elapsed
+
+
+def time_strategy(
+    strategy: Strategy, dit: DiT, schedule: NoiseSchedule, images: torch.Tensor, class_ids: torch.Tensor,
+    batch_size: int, dtype: torch.dtype | None,
+) -> tuple[float, float]:
+    """(seconds per image, forwards per image) of classifying ``images`` with ``strategy``."""
+    scorer = Scorer(
+        dit, schedule, dit.in_channels, max_draws=strategy.max_draws, batch_size=batch_size,
+        autocast_dtype=dtype, num_classes=dit.num_classes,
+    )
+    index = torch.arange(images.shape[0], device=images.device)
+    with torch.no_grad():
+        _sync(images.device)
+        start = time.perf_counter()
+        result = strategy.classify(scorer, images, index, class_ids)
+        _sync(images.device)
+        elapsed = time.perf_counter() - start
+    return elapsed / images.shape[0], float(result.forwards.float().mean())
+
+
+def bench(
+    model: str = "DiT-S/2",
+    input_size: int = 32,
+    in_channels: int = 4,
+    num_classes: int = 1000,
+    learn_sigma: bool = True,
+    ckpt_path: str | None = None,
+    pretrained: str | None = None,
+    batch_sizes: list[int] | None = None,
+    precision: Literal["32", "bf16"] = "32",
+    compile: bool = False,
+    device: str = "auto",
+    peak_tflops: float | None = None,
+    strategies: list[str] | None = None,
+    images: int = 2,
+    classes: int | None = 10,
+    engine_trials: int = 20,
+    min_seconds: float = 2.0,
+    threads: int | None = None,
+    out: str | None = None,
+) -> dict:
+    """Benchmark a DiT preset (random weights) or a trained checkpoint.
+
+    Args:
+        model: DiT preset name (ignored with ``ckpt_path``).
+        input_size, in_channels, num_classes, learn_sigma: the preset's input and head.
+        ckpt_path: a ``fit`` checkpoint to bench instead of random weights.
+        pretrained: DiT weights to bench: an original facebookresearch/DiT ``.pt`` or a diffusers folder.
+        batch_sizes: denoiser batch sizes to try (default 1, 8, 32, 128, 512).
+        precision: ``bf16`` runs under autocast.
+        compile: wrap the denoiser in ``torch.compile``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        peak_tflops: the device's peak, to report the achieved share (MFU).
+        strategies: strategy presets or YAML files to time per image (default exhaustive, adaptive_small,
+            ttest; ``[]`` times none, e.g. for a large model where the engine figure is enough).
+        images: images to classify per strategy (random, or noise if no data).
+        classes: classes to classify among (default 10; None = all of the model's).
+        engine_trials: minimum draws per class when measuring the engine's throughput (raised so
+            the engine runs at least 8 full batches).
+        min_seconds: minimum timing window per batch size.
+        threads: torch CPU threads (default: torch's choice).
+        out: also write the figures to this JSON file.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    if ckpt_path:
+        from diffclf.tasks.checkpoints import load_task
+
+        dit = load_task(ckpt_path, map_location=str(dev)).ema
+    elif pretrained:
+        from diffclf.models.formats import load_dit
+
+        dit = load_dit(pretrained)
+    else:
+        dit = create_dit(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes, learn_sigma=learn_sigma)
+    dit = dit.to(dev).eval()
+    shape = (dit.in_channels, dit.input_size, dit.input_size)
+    flops = dit_flops(dit.config)
+    runner = torch.compile(dit) if compile else dit
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    rows = []
+    for b in batch_sizes or [1, 8, 32, 128, 512]:
+        try:
+            fps = time_forward(runner, b, shape, dit.num_classes, dev, dtype, min_seconds)
+        except torch.OutOfMemoryError:
+            print(f"batch {b}: out of memory, stopping the sweep")
+            break
+        tflops = fps * flops / 1e12
+        rows.append({"batch": b, "forwards_per_s": fps, "tflops": tflops,
+                     "mfu": tflops / peak_tflops if peak_tflops else None})
+        print(f"batch {b:5d}: {fps:10.1f} forwards/s  {tflops:8.3f} TFLOP/s"
+              + (f"  {100 * tflops / peak_tflops:5.1f}% of peak" if peak_tflops else ""))
+    best = max(rows, key=lambda r: r["forwards_per_s"])
+    k = dit.num_classes if classes is None else min(classes, dit.num_classes)
+    class_ids = torch.arange(k, device=dev)
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(images, *shape, generator=gen).to(dev)
+    schedule = NoiseSchedule()
+    trials = max(engine_trials, -(-8 * best["batch"] // (images * k)))  # at least 8 full batches
+    engine_sec, engine_fwd = time_strategy(
+        Exhaustive(trials=trials), runner, schedule, imgs, class_ids, best["batch"], dtype
+    )
+    engine_fps = engine_fwd / engine_sec
+    print(f"engine at batch {best['batch']}: {engine_fps:.1f} forwards/s = "
+          f"{100 * engine_fps / best['forwards_per_s']:.1f}% of the raw denoiser")
+    per_strategy = {}
+    for spec in strategies if strategies is not None else ["exhaustive", "adaptive_small", "ttest"]:
+        strat = load_preset("strategy", spec, Strategy, "--strategies")
+        sec, fwd = time_strategy(strat, runner, schedule, imgs, class_ids, best["batch"], dtype)
+        per_strategy[spec] = {"seconds_per_image": sec, "forwards_per_image": fwd}
+        print(f"strategy {spec:20s}: {sec:8.3f} s/image  {fwd:9.0f} forwards/image  ({k} classes)")
+    result = {
+        "model": ckpt_path or pretrained or model,
+        "config": dit.config,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else machine()["device"],
+        "precision": precision,
+        "compile": compile,
+        "flops_per_forward": flops,
+        "gflops_per_forward": flops / 1e9,
+        "sweep": rows,
+        "best_batch": best["batch"],
+        "best_forwards_per_s": best["forwards_per_s"],
+        "best_tflops": best["tflops"],
+        "mfu": best["mfu"],
+        "peak_tflops": peak_tflops,
+        "engine_forwards_per_s": engine_fps,
+        "engine_efficiency": engine_fps / best["forwards_per_s"],
+        "classes": k,
+        "strategies": per_strategy,
+        "peak_memory_mb": _peak_memory_mb(dev),
+        "torch": torch.__version__,
+        "commit": repo_commit(),
+        "date": utc_now(),
+    }
+    print(f"{flops / 1e9:.2f} GFLOPs per forward, peak memory {result['peak_memory_mb']:.0f} MB")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+        print(f"bench results written to {out}")
+    return result

@@ -1,0 +1,211 @@
+"""Task-driven analyses outside Lightning: fixed image batches, strategies run through a task, per-image results.
+
+The benchmark scripts (``benchmarks/strategies.py``, ``eval_choices.py``, ``training_curve.py``) compare
+strategies, scoring options and checkpoints on the *same* images through the *same*
+:meth:`DiffusionClassifier.classify` that ``cli.py test`` uses, so a benchmark figure and a test record
+can never disagree about what was classified or how. What they share lives here rather than in one
+script that the others import:
+
+- :func:`split_batches`: the first ``limit`` images of a data preset's test (or unflipped training)
+  split, materialised once, so every run of an analysis sees identical batches;
+- :func:`load_diffusion_task`: a checkpoint as a diffusion task over the data's label space;
+- :func:`run_live` / :func:`run_replay`: one strategy over those batches, live (timed, optionally keeping
+  every per-draw error) or replayed from recorded errors (``diffclf.strategies.replay``), with the
+  per-image predictions, targets and forwards that the comparisons are made of.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from diffclf.configs import load_preset
+from diffclf.diffusion.scoring import Scorer, ScoreTable
+from diffclf.strategies import Strategy
+from diffclf.tasks.base import Batch
+from diffclf.tasks.checkpoints import load_task
+from diffclf.tasks.diffusion import DiffusionClassifier
+
+
+def pct(x: float) -> str:
+    """A fraction as a percentage with two decimals: how every benchmark table prints accuracies, so
+    figures copied between tables and READMEs read the same."""
+    return f"{100 * x:.2f}"
+
+
+def parse_overrides(pairs: Sequence[str], option: str = "--data_arg") -> dict[str, str]:
+    """``KEY=VALUE`` command-line pairs as ``init_args`` overrides (values stay strings: jsonargparse
+    parses them against the class's signature, as on the ``cli.py`` command line)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{option} {pair!r}: expected KEY=VALUE (an init_arg of the data module)")
+        out[key] = value
+    return out
+
+
+def split_batches(
+    data: str, overrides: Mapping[str, Any] | None = None, limit: int | None = None, split: str = "test"
+) -> tuple[LightningDataModule, list[Batch]]:
+    """The data module of preset (or YAML) ``data`` and the first ``limit`` images of ``split`` as
+    ``(images, target, index)`` batches: every run of an analysis classifies exactly these.
+
+    ``split="train"`` reads training images in file order without flips: a place to choose scoring
+    options that is not the test split (the denoiser has seen these images, so absolute accuracy there
+    is optimistic; paired differences between options are what it is for).
+    """
+    if split not in ("test", "train"):
+        raise ValueError(f"--split {split!r}: expected 'test' or 'train'")
+    dm = load_preset("data", data, LightningDataModule, "--data", dict(overrides or {}))
+    if split == "test":
+        dm.setup("test")
+        loader = dm.test_dataloader()
+    else:
+        dm.setup("fit")
+        dm.train_dataset.flip = False
+        loader = DataLoader(dm.train_dataset, batch_size=dm.eval_batch_size, shuffle=False)
+    batches: list[Batch] = []
+    seen = 0
+    for images, target, index in loader:
+        take = len(index) if limit is None else min(len(index), limit - seen)
+        if take > 0:
+            batches.append((images[:take], target[:take], index[:take]))
+        seen += take
+        if limit is not None and seen >= limit:
+            break
+    return dm, batches
+
+
+def load_diffusion_task(
+    path: str | Path, dm: LightningDataModule | None = None, option: str = "--ckpt_path"
+) -> DiffusionClassifier:
+    """The diffusion task a checkpoint holds (eval mode, CPU), classifying over ``dm``'s label space.
+
+    The analyses change strategies and scoring options on it, which only a diffusion task has; a
+    label space over another number of model classes would index the wrong scores, so both are
+    refused with one line here instead of failing (or not) deep inside a strategy.
+    """
+    task = load_task(path, option=option)
+    if not isinstance(task, DiffusionClassifier):
+        raise TypeError(f"{option} {path}: a {type(task).__name__} checkpoint; this needs a DiffusionClassifier")
+    if dm is not None:
+        space = dm.label_space
+        if space.num_model_classes != task.num_model_classes:
+            raise ValueError(
+                f"{option} {path}: the model has {task.num_model_classes} classes but the data's label space "
+                f"'{space.name}' is defined over {space.num_model_classes}"
+            )
+        task.label_space = space
+    return task
+
+
+@contextlib.contextmanager
+def _keeping_tables(scorer: Scorer, tables: list[ScoreTable]) -> Iterator[None]:
+    """Append every table the strategy creates on ``scorer`` to ``tables`` (its per-draw errors, for a
+    later replay or reweighting), and leave the scorer as it was afterwards: the task reuses it."""
+    had = "new_table" in vars(scorer)
+    previous = scorer.new_table
+
+    def capture(*args: Any, **kwargs: Any) -> ScoreTable:
+        table = previous(*args, **kwargs)
+        tables.append(table)
+        return table
+
+    scorer.new_table = capture
+    try:
+        yield
+    finally:
+        if had:
+            scorer.new_table = previous
+        else:
+            del scorer.new_table
+
+
+@contextlib.contextmanager
+def _scorer_installed(task: DiffusionClassifier, scorer: Scorer) -> Iterator[None]:
+    """Make ``task`` score with ``scorer`` (a replay) so that the replay runs through the same
+    ``classify`` as a live run; the task's own scorer is back afterwards. The task has no public
+    setter for its scorer, hence the private attribute."""
+    previous = task._scorer
+    task._scorer = scorer
+    try:
+        if task.scorer() is not scorer:  # the task would rebuild it (another device or max_draws)
+            raise ValueError(
+                f"the replay scorer (max_draws {scorer.max_draws}, {scorer.device}) does not fit the task's "
+                f"strategy (max_draws {task.strategy.max_draws}) on {task.device}"
+            )
+        yield
+    finally:
+        task._scorer = previous
+
+
+def _classify_all(task: DiffusionClassifier, strategy: Strategy, batches: Sequence[Batch]) -> dict[str, Any]:
+    """Per-image predictions, targets, forwards, indices and finalists of ``batches`` under ``task``'s
+    current scorer, and the seconds spent in ``classify``."""
+    preds, targets, forwards, indices, finalists = [], [], [], [], []
+    elapsed = 0.0
+    for images, target, index in batches:
+        start = time.perf_counter()
+        scored = task.classify(images, index)
+        elapsed += time.perf_counter() - start
+        preds.append(scored.scores.argmax(dim=1))
+        targets.append(target)
+        forwards.append(scored.forwards)
+        indices.append(index)
+        # classes still in at the strategy's last draw (a class counts once whatever its model ids)
+        finalists.append((scored.columns["num_draws"] == strategy.max_draws).sum(dim=1))
+    return {
+        "pred": torch.cat(preds),
+        "target": torch.cat(targets),
+        "forwards": torch.cat(forwards),
+        "index": torch.cat(indices),
+        "finalists": torch.cat(finalists),
+        "num_candidates": len(task.label_space.all_model_ids()),
+        "seconds": elapsed,
+    }
+
+
+def run_live(
+    task: DiffusionClassifier, strategy: Strategy, batches: Sequence[Batch], keep_table: bool = False
+) -> dict[str, Any]:
+    """Classify every batch with ``strategy`` through ``task.classify`` (the path ``cli.py test`` uses).
+
+    Returns per-image tensors ``pred``, ``target``, ``forwards``, ``index`` and ``finalists`` (classes
+    still in at ``max_draws``: two or more means a strategy never settled the image), plus
+    ``num_candidates`` (model ids scored per image), ``seconds`` (time in ``classify``) and
+    ``loadavg_1min`` before/after (the machine may be shared; a timing needs its context). With
+    ``keep_table`` also ``errors`` ``(N, M, D)``, every per-draw error the strategy scored (NaN where it
+    scored none), and ``candidates`` ``(M,)``, their model ids: what :func:`run_replay` replays.
+    """
+    task.strategy = strategy  # the scorer is rebuilt when the strategy's max_draws differ
+    scorer = task.scorer()
+    tables: list[ScoreTable] = []
+    load0 = os.getloadavg()[0]
+    with _keeping_tables(scorer, tables) if keep_table else contextlib.nullcontext():
+        out = _classify_all(task, strategy, batches)
+    out["loadavg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    if keep_table:
+        out["errors"] = torch.cat([t.errors for t in tables])
+        out["candidates"] = tables[0].candidates[0]
+    return out
+
+
+def run_replay(
+    task: DiffusionClassifier, strategy: Strategy, batches: Sequence[Batch], scorer: Scorer
+) -> dict[str, Any]:
+    """The same loop as :func:`run_live` with ``scorer`` (e.g. a ``ReplayScorer``) in place of the
+    task's: predictions and forwards without denoiser calls, so no ``seconds`` or load averages."""
+    task.strategy = strategy
+    with _scorer_installed(task, scorer):
+        out = _classify_all(task, strategy, batches)
+    del out["seconds"]
+    return out

@@ -1,0 +1,327 @@
+"""``ClassifierTask``: what every diffclf classifier shares, so each kind implements only its scoring.
+
+A classifier kind (the class-conditional DiT, a timm network, and next the text-conditional and
+contrastive models) subclasses :class:`ClassifierTask` and implements :meth:`ClassifierTask.classify`
+— images and their dataset indices in, label-space scores and ``p(c|x)`` out — plus
+:meth:`ClassifierTask.result_context` (what its records say about it). Everything after the scores is
+here, written once: the data's label space (checked against the model's classes), the maps from model
+ids to label-space classes, probes of every output folder before compute is spent, exact counts summed
+over ranks, the results record with its Clopper-Pearson interval, the printed summary, and the
+``predict`` rows with resume (indices a restarted run already wrote are skipped).
+
+Each task class also says which hyperparameters its weights fix (:attr:`ClassifierTask.weight_hparams`):
+those are what a checkpoint imposes on a later run; every evaluation option comes from the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from diffclf.data.label_spaces import LabelSpace, group_index, label_space_scores
+from diffclf.metrics.classification import ClassificationMetrics
+from diffclf.metrics.provenance import device_name
+from diffclf.metrics.results import (
+    RESULTS_JSON,
+    append_record,
+    format_summary,
+    make_record,
+    write_results_json,
+)
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass
+class Scored:
+    """A batch classified over the label space.
+
+    Attributes:
+        scores: ``(B, K)`` ranking scores, higher is better (NaN ranks last).
+        probs: ``(B, K)`` ``p(c|x)``.
+        forwards: ``(B,)`` model evaluations spent per image.
+        columns: further ``(B, K)`` per-class values that ``predict`` writes (e.g. ``mean_error``).
+    """
+
+    scores: Tensor
+    probs: Tensor
+    forwards: Tensor
+    columns: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CandidateMaps:
+    """A label space seen from the model ids a classifier scores.
+
+    Attributes:
+        ids: ``(M,)`` the candidate model ids (every id some class uses, sorted).
+        groups: ``(K, L)`` each class's positions among ``ids``, padded by repetition (see ``group_index``).
+        member: ``(K, M)`` membership matrix: ``probs_M @ member.T`` sums a class's ids' probabilities.
+    """
+
+    ids: Tensor
+    groups: Tensor
+    member: Tensor
+
+
+class ClassifierTask(LightningModule):
+    """Base of every diffclf classifier: label space, output probes, test/predict bookkeeping, records.
+
+    Subclasses call ``save_hyperparameters`` with at least ``num_classes``, ``ci_level``, ``results_dir``,
+    ``results_file`` and ``label``, and implement :meth:`classify` and :meth:`result_context`.
+    """
+
+    # Hyperparameters a checkpoint's weights fix (architecture, classes, noise schedule): a checkpoint
+    # given with --ckpt_path imposes these and nothing else.
+    weight_hparams: ClassVar[frozenset[str]] = frozenset({"num_classes"})
+    # "generative" or "discriminative": the report fits the effective-robustness line on the latter.
+    kind: ClassVar[str] = "generative"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.label_space: LabelSpace | None = None
+        self.test_metrics: ClassificationMetrics | None = None
+        self.test_record: dict[str, Any] | None = None
+        self._maps_key: tuple[int, str] | None = None
+        self._maps: CandidateMaps | None = None
+        self._class_index_key: tuple[int, str] | None = None
+        self._class_index: Tensor | None = None
+
+    # ------------------------------------------------------------------ what a kind implements
+    def classify(self, images: Tensor, index: Tensor) -> Scored:
+        """Classify a batch over ``self.label_space``; ``index`` holds the images' dataset indices."""
+        raise NotImplementedError
+
+    def result_context(self) -> dict[str, Any]:
+        """Record fields of this run beside the metrics: ``model``, ``strategy``, ``seed``, ..."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the label space
+    @property
+    def num_model_classes(self) -> int:
+        return int(self.hparams.num_classes)
+
+    def setup(self, stage: str) -> None:
+        """Take the data's label space (identity over the model's classes when there is none)."""
+        self.label_space = resolve_label_space(self, self.num_model_classes)
+
+    def model_class_index(self, device: torch.device) -> Tensor:
+        """``(K, L)`` model ids of each label-space class, for logits over all model classes."""
+        key = (id(self.label_space), str(device))
+        if self._class_index_key != key:
+            self._class_index = group_index(self.label_space.model_classes).to(device)
+            self._class_index_key = key
+        return self._class_index
+
+    def candidate_maps(self, device: torch.device) -> CandidateMaps:
+        """The candidate model ids and their maps to label-space classes, built once per label space and
+        device: a batch pays one gather and one matmul, not a loop over 1000 classes."""
+        key = (id(self.label_space), str(device))
+        if self._maps_key != key:
+            space = self.label_space
+            ids = space.all_model_ids()
+            pos = {c: i for i, c in enumerate(ids)}
+            positions = [[pos[c] for c in cls] for cls in space.model_classes]
+            member = torch.zeros(space.num_classes, len(ids))
+            for k, cols in enumerate(positions):
+                member[k, cols] = 1.0
+            self._maps = CandidateMaps(
+                torch.tensor(ids, dtype=torch.long, device=device), group_index(positions).to(device), member.to(device)
+            )
+            self._maps_key = key
+        return self._maps
+
+    # ------------------------------------------------------------------ output folders
+    def on_fit_start(self) -> None:
+        check_run_outputs(self, "fit")
+
+    def on_test_start(self) -> None:
+        check_run_outputs(self, "test")
+
+    # ------------------------------------------------------------------ test
+    def on_test_epoch_start(self) -> None:
+        self.test_metrics = ClassificationMetrics(self.label_space.num_classes).to(self.device)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        images, targets, index = batch
+        start = time.perf_counter()
+        scored = self.classify(images, index)
+        if scored.scores.is_cuda:  # charge each batch its own device time
+            torch.cuda.synchronize(scored.scores.device)
+        self.test_metrics.update(scored.scores, targets, scored.forwards, time.perf_counter() - start)
+
+    def on_test_epoch_end(self) -> None:
+        self.finish_test(self.test_metrics, self.result_context())
+
+    def finish_test(self, metrics: ClassificationMetrics, context: Mapping[str, Any]) -> dict[str, Any]:
+        """Compute, record, print and write (rank 0) at the end of a test epoch.
+
+        ``context`` holds the record's context fields and may carry ``ci_level``, ``results_dir`` and
+        ``results_file``; missing ones come from the hyperparameters. Dataset, checkpoint, class counts
+        and skipped images come from the trainer and data module. Runs on every rank (the counts are
+        summed across ranks); returns the record and keeps it as ``self.test_record``.
+        """
+        ctx = dict(context)
+        hp = dict(self.hparams)
+        level = ctx.pop("ci_level", None) or hp.get("ci_level") or 0.95
+        results_dir = ctx.pop("results_dir", None) or hp.get("results_dir")
+        results_file = ctx.pop("results_file", None) or hp.get("results_file")
+        values = metrics.compute()
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        space = self.label_space or getattr(dm, "label_space", None)
+        if values["n"] == 0:
+            raise RuntimeError("test saw no images: the test dataloader is empty, nothing to report")
+        ctx.setdefault("kind", self.kind)
+        ctx.setdefault("checkpoint", getattr(trainer, "ckpt_path", None) or hp.get("pretrained"))
+        ctx.setdefault("dataset", getattr(dm, "name", None) or getattr(space, "name", None) or "unknown")
+        ctx.setdefault("label_space", getattr(space, "name", None))
+        ctx.setdefault("num_classes", hp.get("num_classes"))
+        ctx.setdefault("label_space_size", metrics.num_classes)
+        ctx.setdefault("skipped_images", _count(getattr(dm, "skipped_images", 0)))
+        ctx.setdefault("world_size", getattr(trainer, "world_size", 1))
+        if getattr(dm, "exclude_from_fit", None):
+            ctx.setdefault("exclude_from_fit", list(dm.exclude_from_fit))
+        ctx.setdefault("device", device_name(self.device))
+        record = make_record(values, level, **ctx)
+        self.test_record = record
+        if trainer is not None:
+            for key in ("accuracy", "ci_low", "ci_high", "top5_accuracy", "mean_per_class_accuracy"):
+                self.log(f"test/{key}", float(record[key]), sync_dist=True)
+        if trainer is None or trainer.is_global_zero:
+            print(format_summary(record))
+            out_dir = Path(
+                results_dir or getattr(trainer, "log_dir", None) or getattr(trainer, "default_root_dir", ".")
+            )
+            path = write_results_json(record, out_dir / RESULTS_JSON)
+            print(f"results written to {path}")
+            if results_file:
+                print(f"record appended to {append_record(record, results_file)}")
+        return record
+
+    # ------------------------------------------------------------------ predict
+    def _done_indices(self) -> set[int]:
+        """Dataset indices a resumed prediction run already wrote (see ``PredictionWriter``)."""
+        from diffclf.tasks.callbacks import PredictionWriter
+
+        if self._trainer is None:
+            return set()
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, PredictionWriter):
+                return cb.done
+        return set()
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[dict[str, Any]]:
+        """One row per image: dataset index, target, prediction, top-5, forwards, the kind's per-class
+        columns and ``p(c|x)`` over the label space."""
+        images, targets, index = batch
+        done = self._done_indices()
+        if done:
+            keep = torch.tensor([int(i) not in done for i in index.tolist()], device=index.device)
+            if not keep.any():
+                return []
+            images, targets, index = images[keep], targets[keep], index[keep]
+        scored = self.classify(images, index)
+        top = scored.scores.topk(min(5, scored.scores.shape[1]), dim=1).indices
+        # One host transfer per tensor and batch, after classification.
+        names = list(scored.columns)
+        values = [c.tolist() for c in scored.columns.values()]
+        rows = []
+        for b, (i, y, t5, f, p) in enumerate(zip(index.tolist(), targets.tolist(), top.tolist(),
+                                                 scored.forwards.tolist(), scored.probs.tolist())):
+            row: dict[str, Any] = {"index": int(i), "target": int(y), "pred": t5[0], "top5": t5, "forwards": int(f)}
+            row.update({name: v[b] for name, v in zip(names, values)})
+            row["probs"] = p
+            rows.append(row)
+        return rows
+
+
+def best_of_ids(values: Tensor, groups: Tensor) -> Tensor:
+    """Per-class *lowest* value over each class's candidate positions, NaN where none was scored
+    (a class standing for several model ids reports its best error)."""
+    low = -label_space_scores(-torch.nan_to_num(values, nan=math.inf), groups)
+    return torch.where(torch.isinf(low), torch.full_like(low, math.nan), low)
+
+
+def _count(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, (Sequence, set, frozenset, Mapping)) and not isinstance(value, str):
+        return len(value)
+    return int(value)
+
+
+def resolve_label_space(module: LightningModule, num_model_classes: int) -> LabelSpace:
+    """The data module's label space, or the identity over the model's classes when there is none.
+
+    Checks that the label space is defined over this model's classes, so that a ``K``-way test can
+    never silently index the wrong logits.
+    """
+    trainer = getattr(module, "_trainer", None)
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    space = getattr(dm, "label_space", None)
+    if space is None:
+        space = LabelSpace.identity([str(i) for i in range(num_model_classes)], name="model")
+    if space.num_model_classes != num_model_classes:
+        raise ValueError(
+            f"data label space '{space.name}' is defined over {space.num_model_classes} model classes "
+            f"but the model has {num_model_classes} classes"
+        )
+    bad = sorted({c for ids in space.model_classes for c in ids if not 0 <= c < num_model_classes})
+    if bad:
+        raise ValueError(
+            f"label space '{space.name}' names class ids {bad[:5]} "
+            f"outside the model's 0..{num_model_classes - 1}"
+        )
+    if any(len(ids) == 0 for ids in space.model_classes):
+        raise ValueError(f"label space '{space.name}' has a class with no model class ids")
+    return space
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Fail now, naming the option, if ``folder`` cannot take a file (unwritable, full disk, not a folder).
+
+    Classification runs for hours before it writes anything; a probe write at the start turns a lost
+    result into an immediate one-line error.
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".diffclf-probe-{os.getpid()}"
+        with open(probe, "wb") as fh:
+            fh.write(b"\0" * 4096)
+            fh.flush()
+            os.fsync(fh.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"{what} {path}: cannot write there ({err.strerror or err}); fix it before spending compute") from None
+
+
+def check_run_outputs(module: LightningModule, stage: str) -> None:
+    """Probe every folder this run will write results or checkpoints to (global rank 0 only)."""
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or not trainer.is_global_zero:
+        return
+    hp = dict(getattr(module, "hparams", {}) or {})
+    if stage == "fit":
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        for cb in trainer.callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath:
+                check_writable(cb.dirpath, "checkpoint folder (ModelCheckpoint dirpath)")
+        return
+    if hp.get("results_dir"):
+        check_writable(hp["results_dir"], "model.results_dir")
+    elif trainer.log_dir:
+        check_writable(trainer.log_dir, "the logger's folder")
+    if hp.get("results_file"):
+        check_writable(Path(hp["results_file"]).parent, "model.results_file's folder")
