@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEBIAN_FASHION
+from conftest import DEBIAN_FASHION, REPO
 
 from diffclf.cli import main
 from diffclf.cli.presets import CONFIG_DIR, load_preset, rewrite_aliases
@@ -52,6 +54,18 @@ def test_every_strategy_preset_builds(preset: str) -> None:
     assert strategy.max_draws > 0
 
 
+def test_every_subcommand_in_the_table_resolves_to_a_documented_function() -> None:
+    import importlib
+
+    from diffclf.cli.commands import COMMANDS
+
+    assert {"sample", "publish", "export", "bench", "report", "merge", "build-shift", "cache-latents"} <= set(COMMANDS)
+    for name, target in COMMANDS.items():
+        module, _, func = target.partition(":")
+        fn = getattr(importlib.import_module(module), func)
+        assert callable(fn) and fn.__doc__, name
+
+
 def test_alias_rewrite_finds_packaged_presets_and_names_unknown_ones(tmp_path: Path, monkeypatch) -> None:
     assert rewrite_aliases(["test", "--data", "digits"])[-1] == str(CONFIG_DIR / "data" / "digits.yaml")
     assert rewrite_aliases(["--model.strategy=ttest"])[-1] == str(CONFIG_DIR / "strategy" / "ttest.yaml")
@@ -65,6 +79,30 @@ def test_alias_rewrite_finds_packaged_presets_and_names_unknown_ones(tmp_path: P
         rewrite_aliases(["--data", "nosuch"])
     with pytest.raises(FileNotFoundError, match="--config configs/nosuch.yaml: no such file"):
         rewrite_aliases(["--config", "configs/nosuch.yaml"])
+
+
+def test_the_results_table_starts_on_a_line_of_its_own_under_a_progress_bar(tmp_path: Path, capsys) -> None:
+    from tqdm import tqdm
+
+    from diffclf.metrics.classification import ClassificationMetrics
+    from diffclf.tasks import TimmClassifier
+
+    task = TimmClassifier("test_resnet", num_classes=3, in_chans=1, img_size=32, results_dir=str(tmp_path))
+    metrics = ClassificationMetrics(3)
+    metrics.update(torch.eye(3), torch.arange(3))
+    bar = tqdm(total=4, file=sys.stdout, desc="Testing DataLoader 0")
+    bar.update(4)  # Lightning's bar is still on the line when the test epoch ends
+    task.finish_test(metrics, {"model": "m", "strategy": "logits", "seed": 0})
+    bar.close()
+    before, _, _ = capsys.readouterr().out.partition("dataset  n")
+    assert before.endswith(("\r", "\n")), repr(before[-40:])
+
+
+def test_command_line_errors_begin_on_a_line_of_their_own(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "cli.py"), "test", "--data", "nosuch"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith("\nerror: --data nosuch: no preset configs/data/nosuch.yaml"), done.stderr[-500:]
 
 
 def test_last_checkpoint_holds_the_final_step_between_periodic_saves(tmp_path: Path) -> None:

@@ -182,6 +182,23 @@ def test_reruns_keep_the_latest_and_different_strategies_are_refused(tmp_path: P
     assert {"name": "DiT-XL/2 adaptive", "kind": "generative"} in report["models"]
 
 
+def test_runs_that_differ_only_in_scoring_are_not_merged(tmp_path: Path) -> None:
+    recs = _records()
+    scoring = {"design": "even", "error": "l2", "noise": "per_image", "weighting": "none"}
+    dit = next(r for r in recs if r["model"] == "DiT-XL/2" and r["dataset"] == "imagenet")
+    l2 = {**dit, "scoring": scoring}
+    # The same options in another key order (results.json sorts keys, results files do not) are a re-run.
+    rerun = {**l2, "scoring": dict(reversed(list(scoring.items()))), "timestamp": "2025-02-01T00:00:00+00:00"}
+    rest = [r for r in recs if r is not dit]
+    report = run_report([str(_write(tmp_path / "same.jsonl", [*rest, l2, rerun]))], str(tmp_path / "a"),
+                        id_dataset="imagenet")
+    assert any("DiT-XL/2 on imagenet: 2 runs of the same configuration" in n for n in report["notes"])
+    l1 = {**l2, "scoring": {**scoring, "error": "l1"}, "correct": 600, "accuracy": 600 / N}
+    with pytest.raises(SystemExit, match="'DiT-XL/2' on 'imagenet' has runs with different scoring"):
+        run_report([str(_write(tmp_path / "differ.jsonl", [*rest, l2, l1]))], str(tmp_path / "b"),
+                   id_dataset="imagenet")
+
+
 def test_reference_model_named_by_the_records_is_kept_out_of_the_fit(tmp_path: Path) -> None:
     recs = [r for r in _records() if r["dataset"] == "imagenet"]
     for model in ID_ACC:

@@ -100,6 +100,28 @@ def test_exp_weighting_is_exp_rate_t_over_snr() -> None:
     assert weighted.weights()[0] < 1e-3 < weighted.weights()[999]
 
 
+@pytest.mark.parametrize("error", ["l2", "l1"])
+def test_exp_weighting_is_the_x0_space_error_times_exp_rate_t(error: str) -> None:
+    # Independent of the scorer's formula: x0_hat recovered from the prediction, the error taken in x0-space.
+    x, index, cand = images(2), torch.tensor([3, 4]), torch.tensor([0, 5])
+    scorer = make(weighting="exp", weight_rate=7.0, error=error)
+    table = scorer.new_table(x, cand)
+    scorer.score(table, x, index, 0, 12)
+    t = scorer.timesteps(index, 0, 12)
+    eps = scorer.noise(index, 0, 12, x.shape[1:]).double()
+    abar = SCHEDULE.alphas_cumprod[t].view(*t.shape, 1, 1, 1)
+    x0 = x.double().unsqueeze(1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    want = []
+    for m in cand.tolist():
+        eps_hat = 0.9 * x_t + 0.05 * m + t.view(*t.shape, 1, 1, 1).double() / 2000
+        x0_hat = (x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+        diff = x0 - x0_hat
+        per_draw = diff.square().mean(dim=(2, 3, 4)) if error == "l2" else diff.abs().mean(dim=(2, 3, 4))
+        want.append(torch.exp(-7.0 * t.double() / 1000) * per_draw)
+    torch.testing.assert_close(table.errors.double(), torch.stack(want, dim=1), rtol=1e-4, atol=0)
+
+
 def test_learned_sigma_uses_only_the_first_in_channels() -> None:
     def two_c(x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
         return torch.cat([smooth_denoiser(x_t, t, y), torch.full_like(x_t, 1e3)], dim=1)

@@ -124,6 +124,33 @@ def test_bad_val_split_is_refused() -> None:
 
 
 # --------------------------------------------------------------------------- Fashion-MNIST
+@pytest.mark.parametrize("name", [
+    "DigitsDataModule", "FashionMNISTDataModule", "FashionMNISTShiftDataModule", "ImageFolderDataModule",
+    "ImageNetDataModule", "ImageNetV2DataModule", "ImageNetADataModule", "ObjectNetDataModule",
+    "CachedLatentsDataModule",
+])
+def test_every_data_module_takes_flip_from_the_command_line(name: str) -> None:
+    # A mirrored "J" is not a "J": every data set must let the user turn DiT's flip augmentation off.
+    from jsonargparse import ArgumentParser
+
+    import diffclf.data
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(getattr(diffclf.data, name), "data")
+    assert "data.flip" in {action.dest for action in parser._actions}
+
+
+@needs_debian
+def test_fashion_mnist_flips_training_images_unless_told_not_to() -> None:
+    default, off = FashionMNISTDataModule(), FashionMNISTDataModule(flip=False)
+    default.setup("fit")
+    off.setup("fit")
+    assert default.train_dataset.flip and not off.train_dataset.flip
+    image, _, _ = off.train_dataset[0]
+    again, _, _ = off.train_dataset[0]
+    assert torch.equal(image, again)  # no random mirror when off
+
+
 @needs_debian
 def test_fashion_mnist_from_debian() -> None:
     dm = FashionMNISTDataModule()

@@ -153,7 +153,12 @@ def main(args: list[str] | None = None) -> DiffclfCLI | object | None:
     try:
         _main(list(sys.argv[1:]), from_command_line=True)
     except USER_ERRORS as err:
-        raise SystemExit(f"error: {condense_error(str(err)) or type(err).__name__}") from None
+        # A line of its own: a progress bar may be mid-line on the terminal.
+        raise SystemExit(f"\nerror: {condense_error(str(err)) or type(err).__name__}") from None
+    except SystemExit as err:
+        if isinstance(err.code, str) and err.code.startswith("error:"):
+            raise SystemExit("\n" + err.code) from None
+        raise
     return None
 
 

@@ -8,11 +8,12 @@ pads with repeated samples, so every image is counted exactly once. That require
 ``Trainer(use_distributed_sampler=False)`` (the CLI's default); the training split then gets a
 ``DistributedSampler`` from here too.
 
-The loader arguments (``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``)
-are declared here only: a data module takes its own arguments plus ``**kwargs`` for
+The loader arguments (``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``,
+``flip``) are declared here only: a data module takes its own arguments plus ``**kwargs`` for
 ``super().__init__``, and jsonargparse follows those ``**kwargs`` here, so ``--data.init_args.batch_size``
 and YAML ``init_args: {batch_size: …}`` reach every data module. What differs per data set, the
-default training batch, is the class attribute ``default_batch_size``.
+default training batch and whether training images are mirrored, are the class attributes
+``default_batch_size`` and ``default_flip``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class ClassificationDataModule(LightningDataModule):
         seed: seed of the training shuffle.
         eval_limit: test and predict on the first ``eval_limit`` images only (quick looks, tests);
             indices stay those of the full split.
+        flip: random horizontal flips of training images, DiT's only augmentation (default: the data
+            set's ``default_flip``; off for digits, whose mirror images are other symbols or none). Turn it
+            off for any data where a mirrored image is another class (letters, digits, text).
     """
 
     name: str = "data"
@@ -96,9 +100,11 @@ class ClassificationDataModule(LightningDataModule):
     in_channels: int
     #: ``batch_size`` when none is given.
     default_batch_size: ClassVar[int] = 128
+    #: ``flip`` when none is given.
+    default_flip: ClassVar[bool] = True
 
     def __init__(self, batch_size: int | None = None, eval_batch_size: int | None = None, num_workers: int = 0,
-                 seed: int = 0, eval_limit: int | None = None) -> None:
+                 seed: int = 0, eval_limit: int | None = None, flip: bool | None = None) -> None:
         super().__init__()
         if batch_size is None:
             batch_size = self.default_batch_size
@@ -111,6 +117,7 @@ class ClassificationDataModule(LightningDataModule):
         if eval_limit is not None and eval_limit < 1:
             raise ValueError(f"data.eval_limit must be >= 1 (or null for all images), got {eval_limit}")
         self.eval_limit = eval_limit
+        self.flip = self.default_flip if flip is None else bool(flip)
         self.skipped_images: list[str] = []
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
@@ -134,7 +141,7 @@ class ClassificationDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         splits = self.build_datasets(stage)
         if "train" in splits:
-            self.train_dataset = IndexedDataset(splits["train"], flip=True)
+            self.train_dataset = IndexedDataset(splits["train"], flip=self.flip)
         if "val" in splits:
             self.val_dataset = IndexedDataset(splits["val"])
         if "test" in splits:

@@ -6,7 +6,7 @@ minutes on a CPU, so its splits are fixed once and for all here: the README's nu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,17 +35,17 @@ class DigitsDataModule(ClassificationDataModule):
     Args:
         val_split: where validation images come from: ``test`` or ``train`` (then removed from training).
         val_size: validation images, a fixed stratified subset of ``val_split``.
-        flip: random horizontal flips when training. Off by default: digits are not mirror-symmetric.
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
-            :class:`ClassificationDataModule` (``seed`` only shuffles training; the splits never
-            depend on it).
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``:
+            see :class:`ClassificationDataModule` (``seed`` only shuffles training; the splits never
+            depend on it; ``flip`` is off by default: digits are not mirror-symmetric).
     """
+
+    default_flip: ClassVar[bool] = False
 
     def __init__(
         self,
         val_split: ValSplit = "test",
         val_size: int = DIGITS_TEST_SIZE,
-        flip: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -56,7 +56,6 @@ class DigitsDataModule(ClassificationDataModule):
         self.in_channels = 1
         self.val_split = val_split
         self.val_size = val_size
-        self.flip = flip
         self._splits: dict[str, tuple[Tensor, Tensor]] | None = None
 
     def split_arrays(self) -> dict[str, tuple[Tensor, Tensor]]:
@@ -88,8 +87,3 @@ class DigitsDataModule(ClassificationDataModule):
             for name, (x, y) in self.split_arrays().items()
             if name in stage_splits(stage)
         }
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if self.train_dataset is not None:
-            self.train_dataset.flip = self.flip

@@ -118,7 +118,7 @@ class EvalSetDataModule(ClassificationDataModule):
         image_size, in_channels, crop, border: see :class:`ImageTransform`.
         subset_file: image paths relative to :meth:`image_root`, one per line: score exactly those.
         on_bad_file: ``error`` or ``skip`` (skipped files are listed in ``skipped_images``).
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule`.
     """
 

@@ -170,7 +170,7 @@ class FashionMNISTDataModule(ClassificationDataModule):
         image_size: side after padding (>= 28; 28 = no padding; 32 suits patch 2 and 4).
         val_split: where validation images come from: ``test`` or ``train`` (then removed from training).
         val_size: validation images, a fixed stratified subset of ``val_split``.
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule`.
     """
 

@@ -225,7 +225,7 @@ class ImageFolderDataModule(ClassificationDataModule):
         subset_file: image paths relative to the test root, one per line: score exactly those.
         on_bad_file: ``error`` or ``skip`` (skipped files are listed in ``skipped_images``).
         split_seed: seed of the held-out draw.
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule`.
     """
 

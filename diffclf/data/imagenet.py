@@ -135,7 +135,7 @@ class ImageNetDataModule(EvalSetDataModule):
         classes: ``all`` (1000-way) or ``imagenet_a``: only the images of ImageNet-A's 200 classes,
             scored 200-way, named ``imagenet_200`` — the in-distribution axis that ImageNet-A's
             effective robustness is measured against.
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule` (``batch_size`` defaults to 32).
     """
 

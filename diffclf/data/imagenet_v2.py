@@ -27,7 +27,7 @@ class ImageNetV2DataModule(EvalSetDataModule):
         image_size, in_channels, crop: see :class:`ImageTransform`.
         subset_file: image paths relative to root, one per line: score exactly those.
         on_bad_file: ``error`` or ``skip`` (skipped files are listed in ``skipped_images``).
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule` (``batch_size`` defaults to 32).
     """
 

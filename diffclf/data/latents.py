@@ -45,7 +45,7 @@ class CachedLatentsDataModule(ClassificationDataModule):
         vae: the VAE folder the caches must have been made with (checked by fingerprint).
         image_size: pixel resolution the caches must have been made at (checked).
         crop: crop the caches must have been made with (checked when given; `adm` for ImageNet, `none` for the small datasets).
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule` (``batch_size`` defaults to 32).
     """
 
@@ -91,7 +91,7 @@ class CachedLatentsDataModule(ClassificationDataModule):
             return None
         from diffclf.data.latent_cache import LatentCacheDataset
 
-        return LatentCacheDataset(path, sample=train, flip=train, **self.check)
+        return LatentCacheDataset(path, sample=train, flip=train and self.flip, **self.check)
 
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
         wanted = {"fit": ("train", "val"), "validate": ("val",)}.get(stage, ("test",))

@@ -115,7 +115,7 @@ class ObjectNetDataModule(EvalSetDataModule):
         image_size, in_channels, crop: see :class:`ImageTransform`.
         subset_file: image paths relative to ``root/images`` (a leading ``images/`` is fine), one per line.
         on_bad_file: ``error`` or ``skip`` (skipped files are listed in ``skipped_images``).
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule` (``batch_size`` defaults to 32).
     """
 

@@ -408,7 +408,7 @@ class FashionMNISTShiftDataModule(ClassificationDataModule):
         corruption: ``fashion_mnist_c`` only: keep one corruption (e.g. ``gaussian_noise``).
         severity: ``fashion_mnist_c`` only: keep one severity.
         image_size: side after padding with -1 (>= 28).
-        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``: see
+        **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule`.
     """
 

@@ -215,8 +215,9 @@ class Scorer:
             or ``uniform`` (iid), over ``t_range`` (default ``[0, T)``).
         noise: ``per_image`` draws from ``(seed, index)``; ``shared`` one bank from ``seed`` (DiT paper).
         error: ``l2`` (mean squared) or ``l1`` (mean absolute) over C, H, W.
-        weighting: ``none``, or ``exp``: Clark & Jaini's ``exp(-rate t/T)`` in x0-space, i.e.
-            ``exp(-rate t/T) / SNR(t)`` on the eps error.
+        weighting: ``none``, or ``exp``: Clark & Jaini's ``exp(-rate t/T)`` on the x0-space error. As
+            ``x0 - x0_hat = (eps_hat - eps) / sqrt(SNR(t))``, that is ``exp(-rate t/T) / SNR(t)`` on the
+            squared (``l2``) eps error and ``exp(-rate t/T) / sqrt(SNR(t))`` on the absolute (``l1``) one.
         weight_rate: the ``rate`` of ``exp`` weighting.
         t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)``.
         flip_views: half of the draws see the image mirrored left-right (only for models trained
@@ -310,7 +311,9 @@ class Scorer:
             if self.weighting == "exp":
                 t = torch.arange(s.num_timesteps, dtype=torch.float64)
                 snr = s.alphas_cumprod / (1.0 - s.alphas_cumprod)
-                weights = torch.exp(-self.weight_rate * t / s.num_timesteps) / snr
+                # The eps error in x0 units: |x0 - x0_hat| = |eps - eps_hat| / sqrt(SNR) (DDPM eq. 15 inverted).
+                scale = snr if self.error == "l2" else snr.sqrt()
+                weights = torch.exp(-self.weight_rate * t / s.num_timesteps) / scale
             else:
                 weights = torch.ones(s.num_timesteps, dtype=torch.float64)
             self._device_tables[device] = tuple(

@@ -27,12 +27,23 @@ from diffclf.metrics.robustness import (
     robustness_points,
 )
 
-CONFIG_FIELDS = ("checkpoint", "strategy", "seed", "label_space_size")
+# Record fields that must agree for two runs to be "the same configuration" (re-runs): the scoring group
+# (design, noise, error, weighting, t_range, flip views, precision, temperature, ...) included, since two
+# runs that differ only in, say, the error norm are different classifiers.
+CONFIG_FIELDS = ("checkpoint", "strategy", "seed", "label_space_size", "scoring")
+
+
+def _as_text(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "None"
+    if isinstance(v, Mapping):  # key order differs between results.json (sorted) and results files
+        return json.dumps(v, sort_keys=True)
+    return str(v)
 
 
 def _text(values: pd.Series) -> pd.Series:
     """Values as text, missing ones as ``None`` (``astype(str)`` keeps NaN, which nunique ignores)."""
-    return values.map(lambda v: "None" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    return values.map(_as_text)
 
 
 def _sources(g: pd.DataFrame, col: str) -> str:
@@ -67,7 +78,7 @@ def select_records(df: pd.DataFrame, level: float | None) -> tuple[pd.DataFrame,
             )
     keep = []
     for (name, dataset), g in df.groupby(["name", "dataset"], sort=False):
-        for col in CONFIG_FIELDS:
+        for col in (c for c in CONFIG_FIELDS if c in g):
             if _text(g[col]).nunique() > 1:
                 raise ResultsError(
                     f"model {name!r} on {dataset!r} has runs with different {col}: {_sources(g, col)}; "

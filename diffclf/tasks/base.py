@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor
+from tqdm import tqdm
 
 from diffclf.data.label_spaces import LabelSpace, group_index, label_space_scores
 from diffclf.metrics.classification import ClassificationMetrics
@@ -198,14 +199,15 @@ class ClassifierTask(LightningModule):
             for key in ("accuracy", "ci_low", "ci_high", "top5_accuracy", "mean_per_class_accuracy"):
                 self.log(f"test/{key}", float(record[key]), sync_dist=True)
         if trainer is None or trainer.is_global_zero:
-            print(format_summary(record))
+            # tqdm.write clears the progress bar first, so the table starts on a line of its own.
+            tqdm.write(format_summary(record))
             out_dir = Path(
                 results_dir or getattr(trainer, "log_dir", None) or getattr(trainer, "default_root_dir", ".")
             )
             path = write_results_json(record, out_dir / RESULTS_JSON)
-            print(f"results written to {path}")
+            tqdm.write(f"results written to {path}")
             if results_file:
-                print(f"record appended to {append_record(record, results_file)}")
+                tqdm.write(f"record appended to {append_record(record, results_file)}")
         return record
 
     # ------------------------------------------------------------------ predict
