@@ -161,7 +161,7 @@ def _original_state_dict(path: Path, map_location: Any) -> dict[str, Tensor]:
         raise ValueError(f"{path}: expected a DiT state dict, got a {type(obj).__name__}")  # noqa: TRY004
     if "state_dict" in obj and "pytorch-lightning_version" in obj:
         raise ValueError(
-            f"{path}: is a Lightning checkpoint, not a DiT state dict; load it with diffclf.commands.load_module"
+            f"{path}: is a Lightning checkpoint, not a DiT state dict; load it with diffclf.tasks.checkpoints.load_task (or --ckpt_path)"
         )
     for key in ("ema", "model"):
         if isinstance(obj.get(key), dict):
