@@ -12,7 +12,8 @@ import torch
 from conftest import DEBIAN_FASHION, REPO
 
 from diffclf.cli import main
-from diffclf.cli.presets import CONFIG_DIR, load_preset, rewrite_aliases
+from diffclf.cli.presets import rewrite_aliases
+from diffclf.configs import CONFIG_DIR, load_preset
 from diffclf.strategies import Strategy
 
 ROOT_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml")) + sorted((CONFIG_DIR / "baselines").glob("*.yaml"))

@@ -44,7 +44,7 @@ class DiffclfCLI(LightningCLI):
         values of the training run. Evaluation options must come from the command line and config.
         """
         from diffclf.models.checkpoints import read_checkpoint
-        from diffclf.tasks.checkpoints import fixed_hparams, task_class
+        from diffclf.tasks.checkpoints import fixed_hparams
 
         if not self.config.get("subcommand"):
             return
@@ -54,7 +54,7 @@ class DiffclfCLI(LightningCLI):
         ckpt = read_checkpoint(ckpt_path, mmap=True)
         if not ckpt.hparams:
             return
-        fixed = fixed_hparams(ckpt, task_class(ckpt))
+        fixed = fixed_hparams(ckpt)
         if not fixed:
             return
         model = {"class_path": ckpt.class_path, "init_args": fixed} if ckpt.class_path else {"init_args": fixed}

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffclf.configs import CONFIG_DIR, is_preset_name, load_preset, resolve_preset
-
-__all__ = ["ALIASED_OPTIONS", "CONFIG_DIR", "load_preset", "resolve_preset", "rewrite_aliases"]
+from diffclf.configs import is_preset_name, resolve_preset
 
 # Options whose value may be a preset name, and the preset folder each looks in.
 ALIASED_OPTIONS = {
