@@ -80,32 +80,91 @@ def test_one_table_inverts_itself():
     assert all(torch.equal(back[k], sd[k]) for k in back)
 
 
+def original_layout_from_diffusers(model) -> dict[str, torch.Tensor]:
+    """A diffusers ``DiTTransformer2DModel``'s weights in facebookresearch/DiT's ``models.py`` key layout,
+    written out here independently of ``diffclf.models.formats`` (the inverse of diffusers'
+    ``scripts/convert_dit_to_diffusers.py``). DiT shares one timestep and one class embedder, diffusers
+    keeps a copy in every block: block 0's is taken (``forward`` conditions the output layer on it too).
+    Chunk orders agree, so no tensor is reordered: adaLN-Zero splits into (shift, scale, gate) x (msa, mlp)
+    in both, the final layer into (shift, scale) (``proj_out_1``, ``final_layer.adaLN_modulation.1``)."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    emb = "transformer_blocks.0.norm1.emb."
+    out = {
+        "pos_embed": model.pos_embed.pos_embed.detach().clone(),  # a non-persistent buffer in diffusers
+        "x_embedder.proj.weight": sd["pos_embed.proj.weight"],
+        "x_embedder.proj.bias": sd["pos_embed.proj.bias"],
+        "y_embedder.embedding_table.weight": sd[emb + "class_embedder.embedding_table.weight"],
+    }
+    for ours, theirs in (("mlp.0", "linear_1"), ("mlp.2", "linear_2")):
+        for p in ("weight", "bias"):
+            out[f"t_embedder.{ours}.{p}"] = sd[f"{emb}timestep_embedder.{theirs}.{p}"]
+    for i in range(model.config.num_layers):
+        d = f"transformer_blocks.{i}."
+        for p in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{p}"] = torch.cat([sd[f"{d}attn1.to_{n}.{p}"] for n in "qkv"], dim=0)
+            for ours, theirs in (("attn.proj", "attn1.to_out.0"), ("mlp.fc1", "ff.net.0.proj"),
+                                 ("mlp.fc2", "ff.net.2"), ("adaLN_modulation.1", "norm1.linear")):
+                out[f"blocks.{i}.{ours}.{p}"] = sd[f"{d}{theirs}.{p}"]
+    for p in ("weight", "bias"):
+        out[f"final_layer.adaLN_modulation.1.{p}"] = sd[f"proj_out_1.{p}"]
+        out[f"final_layer.linear.{p}"] = sd[f"proj_out_2.{p}"]
+    return out
+
+
+def original_dit_reference(seed: int):
+    """A random diffusers DiT (the size of DiT-T/4 at 16x16, 4 -> 8 channels) set to compute what the
+    original DiT computes: diffusers' sinusoidal timestep features use ``downscale_freq_shift=1`` and its
+    pre-MLP LayerNorm ``norm_eps``, the original ``/ 128`` frequencies (shift 0) and eps 1e-6."""
+    torch.manual_seed(seed)
+    model = diffusers.DiTTransformer2DModel(
+        num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=8, num_layers=4,
+        sample_size=16, patch_size=4, num_embeds_ada_norm=CLASSES, norm_eps=1e-6,
+    )
+    randomize(model, seed)
+    first = model.transformer_blocks[0].norm1.emb
+    with torch.no_grad():  # one embedder, as in the original: every block's copy equals block 0's
+        for block in model.transformer_blocks[1:]:
+            for p, q in zip(block.norm1.emb.parameters(), first.parameters()):
+                p.copy_(q)
+    for block in model.transformer_blocks:
+        block.norm1.emb.time_proj.downscale_freq_shift = 0
+        block.norm1.emb.class_embedder.dropout_prob = 0.0  # no random label dropout in the reference
+    return model.eval()
+
+
 @pytest.mark.parametrize("wrapper", ["plain", "training"])
 def test_original_format_loads_identically(tmp_path, wrapper):
-    model = randomize(create_dit("DiT-T/4", input_size=16, in_channels=4, num_classes=CLASSES)).eval()
-    other = randomize(create_dit("DiT-T/4", input_size=16, in_channels=4, num_classes=CLASSES), seed=5)
+    ref = original_dit_reference(seed=0)
+    other = original_dit_reference(seed=5)
     path = tmp_path / "dit.pt"
     if wrapper == "plain":
-        torch.save(model.state_dict(), path)
+        torch.save(original_layout_from_diffusers(ref), path)
     else:  # DiT's train.py: {"model", "ema", "opt", "args"}; the EMA is what to load
         import argparse
 
         torch.save(
-            {"model": other.state_dict(), "ema": model.state_dict(), "args": argparse.Namespace(lr=1e-4)},
+            {"model": original_layout_from_diffusers(other), "ema": original_layout_from_diffusers(ref),
+             "args": argparse.Namespace(lr=1e-4)},
             path,
         )
     loaded = load_dit(path)
     assert not loaded.training
-    assert (loaded.num_heads, loaded.num_classes, loaded.learn_sigma, loaded.input_size) == (
-        4,
-        CLASSES,
-        True,
-        16,
-    )
-    assert loaded.config == model.config
-    x = torch.randn(3, 4, 16, 16)
-    t, y = torch.tensor([3, 500, 999]), torch.tensor([0, 9, 10])
-    assert torch.equal(loaded(x, t, y), model(x, t, y))
+    assert (loaded.num_heads, loaded.num_classes, loaded.learn_sigma, loaded.input_size) == (4, CLASSES, True, 16)
+    assert (loaded.hidden_size, loaded.depth, loaded.patch_size, loaded.in_channels) == (128, 4, 4, 4)
+    assert (loaded.timestep_freq_shift, loaded.norm2_eps) == (0.0, 1e-6)  # the original's, not diffusers'
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(5, 4, 16, 16, generator=gen)
+    t, y = torch.tensor([0, 3, 500, 870, 999]), torch.tensor([0, 9, 10, 4, 10])  # 10: the null class
+    with torch.no_grad():
+        want = ref(x, timestep=t, class_labels=y).sample
+        got = loaded(x, t, y)
+        assert rel_err(got, want) <= 1e-5
+        # The reference is not degenerate: timesteps, labels and the input all move the output.
+        assert rel_err(loaded(x, t.flip(0), y), want) > 1e-2 and rel_err(loaded(x, t, y.flip(0)), want) > 1e-2
+        # diffusers' own timestep frequencies would give other outputs: the reference follows the original.
+        for block in ref.transformer_blocks:
+            block.norm1.emb.time_proj.downscale_freq_shift = 1
+        assert rel_err(ref(x, timestep=t, class_labels=y).sample, want) > 1e-4
     assert load_dit(path, preset="DiT-T/4", num_classes=CLASSES).num_classes == CLASSES
 
 

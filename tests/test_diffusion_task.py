@@ -62,8 +62,11 @@ def test_trained_dit_classifies_digits_better_than_chance(trained: tuple, tmp_pa
     _trainer(tmp_path).test(module, datamodule=data, verbose=False)
     record = module.test_record
     assert record["n"] == 360 and record["forwards_per_image"] == 200
-    # Chance is 10%; the lower end of the exact 95% interval must clear it by far.
-    assert record["ci_low"] > 0.3, record
+    # Chance is 10%. This fixture's model reaches 74% (ci_low 0.69; 68-77% over seeds 0-2 of
+    # seed_everything), so a bug that breaks the class conditioning (labels shuffled against the images:
+    # about chance) or the scoring (a flipped sign: below chance), or one that halves the accuracy, fails,
+    # with room for another CPU's rounding to change the training run.
+    assert record["ci_low"] > 0.55, record
 
 
 def test_checkpoint_reloads_bit_exact(trained: tuple) -> None:
@@ -188,9 +191,10 @@ def test_label_space_class_takes_the_best_of_its_model_ids() -> None:
     x, index = torch.rand(3, 1, 8, 8) * 2 - 1, torch.arange(3)
     result = module.run_strategy(x, index)
     scored = module.classify(x, index)
-    scores, probs = scored.scores, scored.probs
+    scores, probs = scored.scores, module.log_probs(scored).exp()
     assert result.candidates[0].tolist() == [0, 2, 3]
-    rank, p = result.rank_scores(), result.probs(1.0)
+    # p(c|x) in ELBO units: D*T/2 = 64 * 1000 / 2 nats per unit of mean error (1x8x8 inputs, 1000 steps).
+    rank, p = result.rank_scores(), result.probs(1.0 / 32000)
     torch.testing.assert_close(scores, torch.stack([rank[:, :2].amax(1), rank[:, 2]], 1))
     torch.testing.assert_close(probs, torch.stack([p[:, :2].sum(1), p[:, 2]], 1))
     rows = module.predict_step((x, torch.tensor([0, 1, 0]), index), 0)

@@ -43,14 +43,15 @@ def _env(rank: int = 0, world: int = 1, port: int = 0) -> dict[str, str]:
     return env
 
 
-def _srun(args: list[str], world: int, timeout: float = 300) -> list[str]:
-    """Run ``python cli.py ARGS`` as ``world`` SLURM tasks (one per simulated node); return their logs."""
+def _srun(args: list[str], world: int, timeout: float = 300, env: dict[str, str] | None = None) -> list[str]:
+    """Run ``python cli.py ARGS`` as ``world`` SLURM tasks (one per simulated node), with ``env`` added to
+    their environment; return their logs."""
     port = free_port()
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=1"]
     if world > 1:
         ddp += ["--trainer.strategy=ddp", f"--trainer.num_nodes={world}"]
     procs = [
-        subprocess.Popen([sys.executable, "cli.py", *args, *ddp], cwd=ROOT, env=_env(r, world, port),
+        subprocess.Popen([sys.executable, "cli.py", *args, *ddp], cwd=ROOT, env={**_env(r, world, port), **(env or {})},
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for r in range(world)
     ]
@@ -65,11 +66,15 @@ def _srun(args: list[str], world: int, timeout: float = 300) -> list[str]:
 
 @pytest.fixture(scope="module")
 def two_node_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quickstart DiT trained for 4 steps by a simulated 2-node job (2 steps per epoch per rank)."""
+    """A quickstart DiT trained for 4 steps by a simulated 2-node job (2 steps per epoch per rank); each rank
+    writes what its DiT was trained on (``test_training_rng.RecordDraws``) to ``draws/draws_rank{r}.json``."""
     tmp = tmp_path_factory.mktemp("ddp")
+    tests = os.pathsep.join(p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     _srun(["fit", "--config", str(QUICK), *_run_dirs(tmp), "--trainer.max_epochs=2", "--trainer.limit_train_batches=2",
            "--trainer.limit_val_batches=1", "--trainer.check_val_every_n_epoch=1",
-           "--model.init_args.sample_every_n_epochs=0", "--trainer.enable_progress_bar=false"], world=2)
+           "--model.init_args.sample_every_n_epochs=0", "--trainer.enable_progress_bar=false",
+           "--trainer.callbacks+=test_training_rng.RecordDraws", f"--trainer.callbacks.out={tmp / 'draws'}"],
+          world=2, env={"PYTHONPATH": tests})
     return tmp
 
 
@@ -77,6 +82,15 @@ def test_two_node_fit_then_test_counts_every_image_once(two_node_fit: Path) -> N
     ckpt = two_node_fit / "ckpt" / "last.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert state["global_step"] == 4  # 2 epochs x 2 batches; both ranks stepped together
+    # Each rank draws its own timesteps, eps and class-dropout masks (with the global RNG, seeded alike on
+    # every rank by seed_everything, both drew the same: a global batch of 256 held 128 distinct draws).
+    draws = [json.loads((two_node_fit / "draws" / f"draws_rank{r}.json").read_text()) for r in range(2)]
+    assert sorted(draws[0]) == sorted(draws[1]) == ["0", "1", "2", "3"]
+    for step, mine in draws[0].items():
+        theirs = draws[1][step]
+        assert sum(a != b for a, b in zip(mine["t"], theirs["t"])) > 0.9 * len(mine["t"]), step
+        assert mine["eps"] != theirs["eps"] and mine["drop"] != theirs["drop"], step
+        assert 0 < sum(mine["drop"]) < len(mine["drop"]), step  # quickstart's class dropout of 0.1
 
     out = two_node_fit / "test2"
     _srun(["test", "--config", str(QUICK), *_run_dirs(out), *EVAL, f"--ckpt_path={ckpt}"], world=2)

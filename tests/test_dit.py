@@ -138,6 +138,24 @@ def test_label_dropout_only_in_training_and_forced():
     assert 0 < differs.sum() < 64
 
 
+def test_given_drop_mask_replaces_random_dropout_exactly():
+    """Training passes its own seeded mask: the output is the eval output on null-replaced labels, whatever
+    the global RNG, for a bool or a 0/1 mask."""
+    model = randomize(DiT(**TINY, class_dropout_prob=0.5))
+    x, t, y = inputs(n=16)
+    mask = torch.arange(16) % 3 == 0
+    null = torch.where(mask, TINY["num_classes"], y)
+    want = model.eval()(x, t, null)
+    model.train()
+    outs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        outs.append(model(x, t, y, force_drop_ids=mask))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], want)
+    assert torch.equal(model(x, t, y, force_drop_ids=mask.long()), want)
+    assert not torch.equal(model.eval()(x, t, y), want)  # the mask did change labels
+
+
 def test_config_rebuilds_the_model():
     model = randomize(DiT(**TINY, timestep_freq_shift=1.0, norm2_eps=1e-5)).eval()
     clone = DiT(**model.config)

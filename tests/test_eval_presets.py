@@ -179,3 +179,13 @@ def test_wrong_layout_names_the_root(tmp_path: Path, weights) -> None:
     assert last.startswith("error: ") and reason in last, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and "Union subtypes" not in proc.stderr
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("name", ["dit_xl2_256", "dit_xl2_512"])
+def test_paper_configs_score_in_fp32_as_the_reference(name: str) -> None:
+    """The paper's setting scores in fp32; bf16 is a named fast option, not a silent change of it."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    assert str(config["model"]["init_args"]["scoring"]["precision"]) == "32"
+    assert config["trainer"]["precision"] == "32-true"

@@ -12,6 +12,8 @@ from diffclf.diffusion.losses import (
     discretized_gaussian_log_likelihood,
     normal_kl,
     sample_timesteps,
+    training_draws,
+    training_key,
 )
 from diffclf.diffusion.schedule import NoiseSchedule
 
@@ -156,3 +158,23 @@ def test_sample_timesteps_uniform_and_reproducible() -> None:
     again = sample_timesteps(20_000, 1000, generator=torch.Generator().manual_seed(0), device="cpu")
     assert torch.equal(t, again)
     assert torch.bincount(sample_timesteps(5000, 3), minlength=3).min() > 1400
+
+
+def test_training_draws_depend_on_the_key_alone_and_each_stream_stands_alone() -> None:
+    key = training_key(seed=0, world_size=2, rank=1, step=40)
+    torch.manual_seed(0)
+    a = training_draws(key, (512, 1, 4, 4), 1000, 0.1, "cpu")
+    torch.manual_seed(1)
+    b = training_draws(key, (512, 1, 4, 4), 1000, 0.1, "cpu")
+    assert torch.equal(a.t, b.t) and torch.equal(a.noise, b.noise) and torch.equal(a.drop, b.drop)
+    assert a.t.dtype == torch.long and 0 <= a.t.min() and a.t.max() < 1000 and a.drop.dtype == torch.bool
+    assert 20 < a.drop.sum() < 90  # about 10% of 512
+    assert abs(a.noise.mean()) < 0.05 and abs(a.noise.std() - 1) < 0.05
+    # Another dropout rate (or none) changes the mask only; another rank or step changes everything.
+    c = training_draws(key, (512, 1, 4, 4), 1000, 0.0, "cpu")
+    assert c.drop is None and torch.equal(c.t, a.t) and torch.equal(c.noise, a.noise)
+    for other in (training_key(0, 2, 0, 40), training_key(0, 2, 1, 41), training_key(0, 2, 1, 40, micro=1),
+                  training_key(1, 2, 1, 40)):
+        d = training_draws(other, (512, 1, 4, 4), 1000, 0.1, "cpu")
+        assert (d.t != a.t).float().mean() > 0.9 and not torch.equal(d.noise, a.noise)
+        assert not torch.equal(d.drop, a.drop)

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import free_port
-from scipy.stats import binomtest
+from scipy.stats import beta
 from torchmetrics.classification import MulticlassAccuracy
 
 from diffclf.data.label_spaces import group_index, label_space_scores
@@ -37,12 +37,36 @@ from diffclf.metrics.robustness import (
 
 @pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 10), (10, 10), (3, 10), (57, 100), (7731, 10000)])
 @pytest.mark.parametrize("level", [0.95, 0.995])
-def test_clopper_pearson_equals_scipy(k: int, n: int, level: float) -> None:
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+def test_clopper_pearson_is_the_beta_quantile_interval(k: int, n: int, level: float) -> None:
+    # The definition (Clopper & Pearson 1934), not the scipy call the function wraps: the bounds are Beta
+    # quantiles, lower = Beta(k, n-k+1).ppf(a/2), upper = Beta(k+1, n-k).ppf(1-a/2); at k = 0 the lower
+    # bound is 0 and the upper one solves (1-p)^n = a/2, at k = n symmetrically.
+    a = 1 - level
     low, high = clopper_pearson(k, n, level)
-    assert low == pytest.approx(ci.low, abs=1e-12) and high == pytest.approx(ci.high, abs=1e-12)
-    assert (low == 0.0) == (k == 0) and (high == 1.0) == (k == n)
-    assert low <= k / n <= high
+    want_low = 0.0 if k == 0 else beta.ppf(a / 2, k, n - k + 1)
+    want_high = 1.0 if k == n else beta.ppf(1 - a / 2, k + 1, n - k)
+    assert low == pytest.approx(want_low, rel=1e-9, abs=1e-12)
+    assert high == pytest.approx(want_high, rel=1e-9, abs=1e-12)
+    if k == 0:
+        assert low == 0.0 and high == pytest.approx(1 - (a / 2) ** (1 / n), rel=1e-9)
+    if k == n:
+        assert high == 1.0 and low == pytest.approx((a / 2) ** (1 / n), rel=1e-9)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "level", "want"),
+    [
+        (0, 10, 0.95, (0.0, 0.3085)),  # upper = 1 - 0.025^(1/10)
+        (5, 10, 0.95, (0.1871, 0.8129)),
+        (10, 10, 0.95, (0.6915, 1.0)),
+        (1, 10, 0.95, (0.0025, 0.4450)),
+        (3, 10, 0.95, (0.0667, 0.6525)),
+    ],
+)
+def test_clopper_pearson_matches_published_exact_intervals(k: int, n: int, level: float, want: tuple) -> None:
+    low, high = clopper_pearson(k, n, level)
+    assert (round(low, 4), round(high, 4)) == want
 
 
 def test_clopper_pearson_refuses_empty_and_bad_input() -> None:

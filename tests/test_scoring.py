@@ -86,18 +86,51 @@ def test_x_t_and_per_draw_errors_match_a_hand_computation(error: str) -> None:
     assert sorted(y.tolist()) == sorted([4, 0, 6] * 12)
 
 
-def test_exp_weighting_is_exp_rate_t_over_snr() -> None:
-    x, index, cand = images(2), torch.tensor([0, 1]), torch.tensor([1, 2])
-    plain, weighted = make(), make(weighting="exp", weight_rate=6.0)
-    tp, tw = plain.new_table(x, cand), weighted.new_table(x, cand)
-    plain.score(tp, x, index, 0, 12)
-    weighted.score(tw, x, index, 0, 12)
-    t = plain.timesteps(index, 0, 12).double()
-    abar = SCHEDULE.alphas_cumprod[t.long()]
-    w = torch.exp(-6.0 * t / 1000) * (1 - abar) / abar
-    torch.testing.assert_close(tw.errors.double(), tp.errors.double() * w.unsqueeze(1), rtol=1e-5, atol=0)
+class FixedNet(nn.Module):
+    """A small deterministic denoiser (seeded conv + class embedding + timestep term)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(3)
+        self.conv = nn.Conv2d(SHAPE[0], SHAPE[0], 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(0.3 * torch.randn(self.conv.weight.shape, generator=gen))
+            self.conv.bias.copy_(0.1 * torch.randn(SHAPE[0], generator=gen))
+        self.emb = nn.Parameter(0.2 * torch.randn(NUM_CLASSES, SHAPE[0], generator=gen))
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self.conv(x_t) + self.emb[y].view(-1, SHAPE[0], 1, 1) + (t.float() / 1000).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("error", ["l2", "l1"])
+def test_exp_weighting_is_exp_rate_t_over_snr(error: str) -> None:
+    # The stored error is the x0-space error of the denoiser's own output, times exp(-rate t / T), for
+    # both errors: x0_hat = (x_t - sqrt(1-abar) eps_hat) / sqrt(abar), then mean |x0 - x0_hat| (l1) or
+    # mean (x0 - x0_hat)^2 (l2). Nothing here uses the scorer's SNR factors.
+    net = FixedNet()
+    x, index, cand = images(2, seed=5), torch.tensor([2, 9]), torch.tensor([6, 1, 3])
+    scorer = make(net, max_draws=16, error=error, weighting="exp", weight_rate=6.0, batch_size=11)
+    table = scorer.new_table(x, cand)
+    scorer.score(table, x, index, 0, 16)
+    t = scorer.timesteps(index, 0, 16)
+    eps = scorer.noise(index, 0, 16, SHAPE)
+    abar = SCHEDULE.alphas_cumprod.double()
+    want = torch.empty(2, 3, 16, dtype=torch.float64)
+    for b in range(2):
+        for k in range(16):
+            a = abar[t[b, k]]
+            x0 = x[b].double()
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps[b, k].double()
+            for j, c in enumerate(cand.tolist()):
+                with torch.no_grad():
+                    eps_hat = net(x_t.float()[None], t[b, k : k + 1], torch.tensor([c]))[0].double()
+                x0_hat = (x_t - (1 - a).sqrt() * eps_hat) / a.sqrt()
+                gap = x0 - x0_hat
+                per_draw = gap.abs().mean() if error == "l1" else gap.square().mean()
+                want[b, j, k] = math.exp(-6.0 * int(t[b, k]) / 1000) * per_draw
+    torch.testing.assert_close(table.errors.double(), want, rtol=2e-4, atol=0)
     # The x0-space weight is tiny at t=0 relative to the noisy end: the weighting really applies.
-    assert weighted.weights()[0] < 1e-3 < weighted.weights()[999]
+    assert scorer.weights()[0] < 0.02 < scorer.weights()[999]
 
 
 @pytest.mark.parametrize("error", ["l2", "l1"])
@@ -311,3 +344,34 @@ def test_a_mirrored_draw_scores_the_mirror_image_and_the_others_the_image() -> N
     assert torch.equal(tables["views"][:, :, views], tables["mirror"][:, :, views])
     assert torch.equal(tables["views"][:, :, ~views], tables["plain"][:, :, ~views])
     assert not torch.allclose(tables["plain"][:, :, views], tables["mirror"][:, :, views])
+
+
+def test_a_custom_draw_order_moves_the_grid_positions_and_nothing_else() -> None:
+    n, index, x = 12, torch.tensor([4, 7]), images(2)
+    order = [5, 11, 0, 6, 1, 2, 3, 4, 7, 8, 9, 10]
+    default, explicit = make(max_draws=n), make(max_draws=n, order=spread_order(n))
+    custom = make(max_draws=n, order=order)
+    assert default.has_order(None) and explicit.has_order(None) and not custom.has_order(None)
+    assert custom.has_order(order) and not custom.has_order(spread_order(n))
+    assert default.has_order(spread_order(n))
+    # The default order passed explicitly is the default, byte for byte (views included).
+    assert torch.equal(explicit.timesteps(index), default.timesteps(index))
+    a, b = make(max_draws=n, flip_views=True), make(max_draws=n, flip_views=True, order=spread_order(n))
+    assert torch.equal(a.mirrored(), b.mirrored())
+    ta, tb = a.new_table(x), b.new_table(x)
+    a.score(ta, x, index, 0, n)
+    b.score(tb, x, index, 0, n)
+    assert torch.equal(ta.errors, tb.errors)
+    # Draw k lies at grid position order[k]; its noise is still that of (seed, index, k).
+    grid = sorted(default.timesteps(index)[0].tolist())
+    assert custom.timesteps(index)[0].tolist() == [grid[p] for p in order]
+    assert torch.equal(custom.noise(index, 0, n, SHAPE), default.noise(index, 0, n, SHAPE))
+    # Stratified: draw k falls in stratum order[k].
+    strat = make(max_draws=n, design="stratified", order=order).timesteps(index)
+    assert (strat * n // 1000).tolist() == [order, order]
+    # Views of a custom order follow the draw index (Thue-Morse of k): every run of draws is split in half.
+    views = make(max_draws=n, flip_views=True, order=order).mirrored()
+    assert views.tolist() == [k.bit_count() % 2 == 1 for k in range(n)]
+    for bad in ([0] * n, list(range(n - 1)), list(range(1, n + 1))):
+        with pytest.raises(ValueError, match=r"permutation of range\(max_draws=12\)"):
+            make(max_draws=n, order=bad)

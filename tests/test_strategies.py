@@ -91,35 +91,77 @@ def test_exhaustive_is_the_argmin_of_the_full_table() -> None:
 
 
 # ------------------------------------------------------------------ adaptive
-def adaptive_reference(errors: np.ndarray, keep: list[int], trials: list[int]) -> tuple[list, list, int]:
-    """Successive elimination on one image's realized (M, n) errors: (stage, draws, forwards)."""
-    m = errors.shape[0]
-    alive, stage, draws, forwards, done = list(range(m)), [0] * m, [0] * m, 0, 0
-    for i, (k, n) in enumerate(zip(keep, trials)):
-        if len(alive) > 1 or i == 0:
-            for c in alive:
-                draws[c] = n
-            forwards += len(alive) * (n - done)
-            done = n
-        alive = sorted(alive, key=lambda c: errors[c, : draws[c]].mean())[: min(k, len(alive))]
-        for c in alive:
-            stage[c] = i + 1
-    return stage, draws, forwards
+def algorithm2(errors: np.ndarray, keep: list[int], trials: list[int]) -> tuple[list, list, int]:
+    """Algorithm 2 of Li et al. as printed, on one image's (M, n) errors (column j = the j-th (t, eps) drawn).
+
+    Per-class error lists; stage i draws TrialList_i - PrevTrials new (t, eps), appends every remaining
+    class's error on each, then keeps the KeepList_i classes of lowest mean error. Returns (stages each
+    class survived, errors it got, forwards).
+    """
+    classes = list(range(errors.shape[0]))
+    errs: dict[int, list[float]] = {c: [] for c in classes}
+    survived = {c: 0 for c in classes}
+    remaining, prev_trials, forwards = list(classes), 0, 0
+    for keep_i, trials_i in zip(keep, trials):
+        for j in range(prev_trials, trials_i):
+            for c in remaining:
+                errs[c].append(float(errors[c, j]))
+                forwards += 1
+        mean = {c: sum(errs[c]) / len(errs[c]) for c in remaining}
+        remaining = sorted(remaining, key=lambda c: mean[c])[:keep_i]
+        for c in remaining:
+            survived[c] += 1
+        prev_trials = trials_i
+    return [survived[c] for c in classes], [len(errs[c]) for c in classes], forwards
+
+
+def official_adaptive(err, num_classes: int, T: int, n_samples: list[int], to_keep: list[int]) -> dict:
+    """A literal transcription of the official ``eval_prob_adaptive.py`` loop (Li et al.'s released code).
+
+    ``err(c, t)`` is class ``c``'s error at timestep ``t``. Returns each stage's new timesteps (in the
+    order evaluated), each timestep's noise index, the classes scored in each stage, the forwards and
+    the survivors of each stage.
+    """
+    max_n_samples = max(n_samples)
+    t_to_eval = list(range(T // max_n_samples // 2, T, T // max_n_samples))[:max_n_samples]
+    t_evaluated: set[int] = set()
+    remaining = list(range(num_classes))
+    data: dict[int, list[float]] = {c: [] for c in remaining}
+    out: dict = {"t_to_eval": t_to_eval, "stages": [], "noise_idx": {}, "scored": [], "kept": []}
+    out["forwards"] = 0
+    for n_samples_i, n_to_keep in zip(n_samples, to_keep):
+        step = len(t_to_eval) // n_samples_i
+        curr_t_to_eval = t_to_eval[len(t_to_eval) // n_samples_i // 2 :: step][:n_samples_i]
+        curr_t_to_eval = [t for t in curr_t_to_eval if t not in t_evaluated]
+        for c in remaining:
+            for t_idx, t in enumerate(curr_t_to_eval, start=len(t_evaluated)):
+                out["noise_idx"][t] = t_idx
+                data[c].append(err(c, t))
+                out["forwards"] += 1
+        out["stages"].append(curr_t_to_eval)
+        out["scored"].append(sorted(remaining))
+        t_evaluated.update(curr_t_to_eval)
+        errors = [-sum(data[c]) / len(data[c]) for c in remaining]
+        best_idxs = sorted(range(len(remaining)), key=lambda i: errors[i], reverse=True)[:n_to_keep]
+        remaining = [remaining[i] for i in best_idxs]
+        out["kept"].append(sorted(remaining))
+    return out
 
 
 @pytest.mark.parametrize(("keep", "trials"), [([5, 2, 1], [4, 10, 30]), ([10, 3, 1], [3, 6, 12])])
 def test_adaptive_keeps_exactly_the_reference_survivors(keep: list[int], trials: list[int]) -> None:
     table = random_table(8, trials[-1], seed=1, spread=0.02)
-    strategy = Adaptive(keep=keep, trials=trials)
+    strategy = Adaptive(keep=keep, trials=trials, schedule="nested")
     scorer, den, x, index = setup(table, strategy)
     errors = realized(scorer, x, index, PER_IMAGE)
     den.calls = 0
     result = strategy.classify(scorer, x, index, PER_IMAGE)
     for b in range(3):
-        stage, draws, forwards = adaptive_reference(errors[b], keep, trials)
+        stage, draws, forwards = algorithm2(errors[b], keep, trials)
         assert result.stage[b].tolist() == stage
         assert result.num_draws[b].tolist() == draws
         assert int(result.forwards[b]) == forwards
+        assert int(result.pred[b]) == int(PER_IMAGE[b, stage.index(len(keep))])
     assert den.calls == int(result.forwards.sum())
     # Survivors of a later stage rank above every class eliminated earlier, whatever their errors.
     rank = result.rank_scores()
@@ -128,6 +170,175 @@ def test_adaptive_keeps_exactly_the_reference_survivors(keep: list[int], trials:
             for j in range(8):
                 if result.stage[b, i] > result.stage[b, j]:
                     assert rank[b, i] > rank[b, j]
+
+
+class StageLog:
+    """A :class:`TableDenoiser` that logs the (t, class) of every forward, one list per ``score`` call."""
+
+    def __init__(self, den: TableDenoiser, scorer: Scorer) -> None:
+        self.den, self.stages = den, []
+        inner = scorer.score
+
+        def score(*args, **kwargs):
+            self.stages.append([])
+            return inner(*args, **kwargs)
+
+        scorer.score = score
+        scorer.denoise = self
+
+    def __call__(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        self.stages[-1].extend(zip(t.tolist(), y.tolist()))
+        return self.den(x_t, t, y)
+
+
+@pytest.mark.parametrize(
+    ("keep", "trials", "num_classes"),
+    [
+        ([5, 2, 1], [10, 20, 100], 8),  # the 10- and 20-point grids share no timestep
+        ([20, 10, 5, 1], [20, 50, 100, 500], 24),  # Flowers' schedule
+        ([6, 5, 4, 1], [10, 11, 12, 20], 8),  # the third stage adds no timestep at all
+        ([4, 2, 1], [3, 7, 30], 6),  # 30 does not divide T: the official grid is t = 16, 49, ...
+    ],
+)
+def test_official_schedule_scores_what_eval_prob_adaptive_scores(
+    keep: list[int], trials: list[int], num_classes: int
+) -> None:
+    table = random_table(num_classes, trials[-1], seed=11, spread=0.01)
+    strategy = Adaptive(keep=keep, trials=trials, schedule="official")
+    den = TableDenoiser(table)
+    scorer = Scorer(
+        den, SCHEDULE, 1, max_draws=strategy.max_draws, num_classes=num_classes, batch_size=64,
+        order=strategy.draw_order,
+    )
+    den.bind(scorer)
+    x, index = torch.zeros(1, 1, 2, 2), torch.tensor([7])
+    errors = realized(scorer, x, index, torch.arange(num_classes))[0]
+    t_draws = scorer.timesteps(index)[0].tolist()
+    grid = sorted(t_draws)
+    T = SCHEDULE.num_timesteps
+    # Official timesteps as positions of its grid, and ours as positions of ours (identical grids when
+    # max(trials) divides T).
+    ref = official_adaptive(lambda c, t: 0.0, num_classes, T, trials, keep)
+    divides = T % trials[-1] == 0
+    assert (ref["t_to_eval"] == grid) == divides
+    pos_of = {t: i for i, t in enumerate(ref["t_to_eval"])}
+    # Draw k is the k-th timestep in order of first evaluation: the official noise index.
+    assert [grid[p] for p in strategy.draw_order] == t_draws
+    assert [pos_of[t] for stage in ref["stages"] for t in stage] == strategy.draw_order
+    assert all(ref["noise_idx"][ref["t_to_eval"][p]] == k for k, p in enumerate(strategy.draw_order))
+
+    # The same loop on the errors the engine produced: who is scored on what, and who survives.
+    ref = official_adaptive(
+        lambda c, t: float(errors[c, t_draws.index(grid[pos_of[t]])]), num_classes, T, trials, keep
+    )
+    log = StageLog(den, scorer)
+    result = strategy.classify(scorer, x, index)
+    assert len(log.stages) == len(trials)
+    for i, (stage_t, scored, seen) in enumerate(zip(ref["stages"], ref["scored"], log.stages)):
+        want = sorted((grid[pos_of[t]], c) for t in stage_t for c in scored)
+        assert sorted(seen) == want, f"stage {i}"
+        if divides:
+            assert sorted({t for t, _ in seen}) == stage_t
+    assert int(result.forwards[0]) == ref["forwards"] == sum(len(s) for s in log.stages)
+    assert int(result.pred[0]) == ref["kept"][-1][0]
+    stage = result.stage[0].tolist()
+    for i, kept in enumerate(ref["kept"]):
+        assert sorted(c for c in range(num_classes) if stage[c] >= i + 1) == kept
+
+
+def test_official_and_nested_schedules_differ_where_the_grids_do_not_nest() -> None:
+    official = Adaptive(keep=[5, 2, 1], trials=[10, 20, 100], schedule="official")
+    nested = Adaptive(keep=[5, 2, 1], trials=[10, 20, 100], schedule="nested")
+    assert nested.draw_order is None and nested.stage_draws == [10, 20, 100]
+    assert official.stage_draws == [10, 30, 100] and sorted(official.draw_order) == list(range(100))
+    assert Adaptive(keep=[3, 1], trials=[10, 100]).schedule == "nested"  # the default: recorded runs
+    table = random_table(8, 100, seed=12, spread=0.05)
+    scorer, _, x, index = setup(table, nested, batch=1)
+    with pytest.raises(ValueError, match="own order"):
+        official.classify(scorer, x, index)  # a scorer in the default order would score other timesteps
+    prefilter = Prefilter(FixedLogits(torch.zeros(8)), top_k=4, inner=official)
+    assert prefilter.draw_order == official.draw_order
+    with pytest.raises(ValueError, match="schedule must be one of official, nested"):
+        Adaptive(keep=[1], trials=[10], schedule="paper")
+
+
+class ClassLevels(nn.Module):
+    """A test instrument for counting forwards, not a model: predicts a class-dependent constant."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("level", torch.rand(num_classes, generator=g) - 0.5)
+        self.num_classes = num_classes
+        self.calls = 0
+
+    def forward(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        self.calls += len(y)
+        return self.level[y].view(-1, 1, 1, 1).expand_as(x_t)
+
+
+def official_forwards(num_classes: int, T: int, n_samples: list[int], to_keep: list[int]) -> int:
+    return official_adaptive(lambda c, t: float(c), num_classes, T, n_samples, to_keep)["forwards"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "num_classes", "forwards", "nested"),
+    [("adaptive_imagenet", 1000, 124_500, 100_000), ("adaptive_flowers", 102, 5_590, 5_140),
+     ("adaptive_objectnet", 113, 14_400, 13_400)],
+)
+def test_paper_presets_cost_what_the_official_code_costs(
+    preset: str, num_classes: int, forwards: int, nested: int
+) -> None:
+    from diffclf.configs import load_preset
+
+    strategy = load_preset("strategy", preset, Strategy, "--strategies")
+    assert isinstance(strategy, Adaptive) and strategy.schedule == "official"
+    assert official_forwards(num_classes, SCHEDULE.num_timesteps, strategy.trials, strategy.keep) == forwards
+    net = ClassLevels(num_classes)
+    scorer = Scorer(
+        net, SCHEDULE, 1, max_draws=strategy.max_draws, batch_size=1 << 14, order=strategy.draw_order
+    )
+    x, index = torch.zeros(2, 1, 2, 2), torch.tensor([3, 4])
+    result = strategy.classify(scorer, x, index)
+    assert result.forwards.tolist() == [forwards] * 2 and net.calls == 2 * forwards
+    assert (result.num_draws.amax(dim=1) == strategy.max_draws).all()
+    # The same keep/trials on nested prefixes (what diffclf did before the schedule option) cost less.
+    prefixes = Adaptive(strategy.keep, strategy.trials, schedule="nested")
+    net.calls = 0
+    scorer = Scorer(net, SCHEDULE, 1, max_draws=strategy.max_draws, batch_size=1 << 14)
+    assert prefixes.classify(scorer, x[:1], index[:1]).forwards.tolist() == [nested] == [net.calls]
+
+
+def test_a_replay_recorded_in_the_strategys_order_reproduces_the_official_schedule() -> None:
+    from diffclf.strategies.replay import ReplayScorer
+
+    table = random_table(8, 100, seed=13, spread=0.02)
+    strategy = Adaptive(keep=[5, 2, 1], trials=[10, 20, 100], schedule="official")
+    den = TableDenoiser(table)
+    scorer = Scorer(den, SCHEDULE, 1, max_draws=100, num_classes=8, order=strategy.draw_order)
+    den.bind(scorer)
+    x, index = torch.zeros(3, 1, 2, 2), torch.arange(3) + 100
+    reference = scorer.new_table(x, PER_IMAGE)
+    scorer.score(reference, x, index, 0, 100)
+    live = strategy.classify(scorer, x, index, PER_IMAGE)
+    replay = ReplayScorer.from_run(reference.errors, index, 8, order=strategy.draw_order)
+    rep = strategy.classify(replay, x, index, PER_IMAGE)
+    assert torch.equal(rep.pred, live.pred) and torch.equal(rep.forwards, live.forwards)
+    assert torch.equal(rep.stage, live.stage)
+    with pytest.raises(ValueError, match="own order"):  # a reference in the default order has other draws
+        strategy.classify(ReplayScorer.from_run(reference.errors, index, 8), x, index, PER_IMAGE)
+
+
+def test_pets_first_stage_is_the_official_25_point_grid() -> None:
+    from diffclf.configs import load_preset
+
+    strategy = load_preset("strategy", "adaptive_pets", Strategy, "--strategies")
+    ref = official_adaptive(lambda c, t: float(c), 37, SCHEDULE.num_timesteps, strategy.trials, strategy.keep)
+    assert ref["stages"][0] == list(range(22, 1000, 40))  # t = 22, 62, ..., 982
+    scorer = Scorer(ClassLevels(37), SCHEDULE, 1, max_draws=strategy.max_draws, order=strategy.draw_order)
+    assert scorer.timesteps(torch.tensor([0]))[0, :25].tolist() == ref["stages"][0]
+    assert sorted(scorer.timesteps(torch.tensor([0]))[0].tolist()) == list(range(2, 1000, 4))
+    assert strategy.stage_draws == [25, 250] and ref["forwards"] == 37 * 25 + 5 * 225
 
 
 def test_adaptive_agrees_with_exhaustive_on_a_separated_table_and_spends_less() -> None:
@@ -170,8 +381,17 @@ def test_adaptive_rejects_bad_stages(keep: list[int], trials: list[int], match: 
 
 
 # ------------------------------------------------------------------ paired t-test
-def ttest_reference(errors: np.ndarray, alpha: float, min_trials: int, max_trials: int, round_size: int):
-    """Clark & Jaini's pruning with scipy on one image's realized (M, n) errors."""
+SCIPY_ALTERNATIVE = {"one-sided": "greater", "two-sided": "two-sided"}
+
+
+def ttest_reference(
+    errors: np.ndarray, alpha: float, min_trials: int, max_trials: int, round_size: int, alternative: str
+):
+    """Clark & Jaini's pruning, round by round, with scipy's p-values on one image's realized (M, n) errors.
+
+    A class is dropped when its paired test against the current best has ``p < alpha`` and it is worse
+    (positive mean difference: a two-sided test could also reject for a class better than the best).
+    """
     m = errors.shape[0]
     remaining, stage, draws = set(range(m)), [0.0] * m, [0] * m
     n, rounds, forwards = 0, 0, 0
@@ -183,34 +403,54 @@ def ttest_reference(errors: np.ndarray, alpha: float, min_trials: int, max_trial
             draws[c], stage[c] = n, float(rounds)
         if n >= min_trials:
             best = min(remaining, key=lambda c: errors[c, :n].mean())
-            dropped = {
-                c
-                for c in remaining
-                if stats.ttest_rel(errors[c, :n], errors[best, :n], alternative="greater").pvalue < alpha
-            }
+            dropped = set()
+            for c in remaining - {best}:
+                res = stats.ttest_rel(
+                    errors[c, :n], errors[best, :n], alternative=SCIPY_ALTERNATIVE[alternative]
+                )
+                if res.pvalue < alpha and res.statistic > 0:
+                    dropped.add(c)
             remaining -= dropped
     for c in remaining:
         stage[c] += 1.0
     return stage, draws, forwards
 
 
+@pytest.mark.parametrize("alternative", ["one-sided", "two-sided"])
 @pytest.mark.parametrize("alpha", [0.002, 0.05])
-def test_paired_ttest_prunes_exactly_like_scipy(alpha: float) -> None:
+def test_paired_ttest_prunes_exactly_like_scipy(alpha: float, alternative: str) -> None:
     table = random_table(8, 120, seed=4, spread=0.004)
-    strategy = PairedTTest(alpha=alpha, min_trials=12, max_trials=120, round_size=6)
+    strategy = PairedTTest(alpha=alpha, min_trials=12, max_trials=120, round_size=6, alternative=alternative)
     scorer, den, x, index = setup(table, strategy)
     errors = realized(scorer, x, index, PER_IMAGE)
     den.calls = 0
     result = strategy.classify(scorer, x, index, PER_IMAGE)
-    drop_rounds = set()
+    drop_rounds, other = set(), []
     for b in range(3):
-        stage, draws, forwards = ttest_reference(errors[b], alpha, 12, 120, 6)
+        stage, draws, forwards = ttest_reference(errors[b], alpha, 12, 120, 6, alternative)
         assert result.stage[b].tolist() == stage
         assert result.num_draws[b].tolist() == draws
         assert int(result.forwards[b]) == forwards
         drop_rounds |= set(draws)
+        flip = "two-sided" if alternative == "one-sided" else "one-sided"
+        other.append(ttest_reference(errors[b], alpha, 12, 120, 6, flip)[1])
     assert len(drop_rounds) >= 3  # classes really were dropped at different rounds
+    assert other != result.num_draws.tolist()  # and the alternative made a difference on this table
     assert den.calls == int(result.forwards.sum())
+
+
+def test_critical_t_of_each_alternative() -> None:
+    one, two = critical_t(0.002, 30, "one-sided"), critical_t(0.002, 30, "two-sided")
+    assert one == pytest.approx(stats.t.ppf(1 - 0.002, 29), rel=1e-9) and f"{one:.3f}" == "3.127"
+    assert two == pytest.approx(stats.t.ppf(1 - 0.002 / 2, 29), rel=1e-9) and f"{two:.3f}" == "3.396"
+    # At the critical t, scipy's p-value of each alternative is alpha.
+    assert 2 * stats.t.sf(two, 29) == pytest.approx(0.002, rel=1e-9)
+    assert stats.t.sf(one, 29) == pytest.approx(0.002, rel=1e-9)
+    assert critical_t(0.002, 30) == two  # the helper's default is the strategy's
+    strategy = PairedTTest()
+    assert strategy.alternative == "two-sided" and vars(strategy)["alternative"] == "two-sided"  # in results
+    with pytest.raises(ValueError, match="alternative must be one of one-sided, two-sided"):
+        PairedTTest(alternative="greater")
 
 
 def test_paired_ttest_agrees_with_exhaustive_on_a_separated_table_and_spends_less() -> None:
@@ -234,18 +474,20 @@ def test_t_statistic_makes_scipys_decisions_on_random_paired_data() -> None:
             b = rng.normal(size=(400, n))
             effect = rng.uniform(-0.2, 1.5, size=(400, 1)) / math.sqrt(n) * 3
             a = b + effect + rng.normal(scale=1.0, size=(400, n))
-            ours = (
-                paired_t_statistic(torch.from_numpy(a), torch.from_numpy(b)) > critical_t(alpha, n)
-            ).numpy()
-            theirs = stats.ttest_rel(a, b, axis=1, alternative="greater").pvalue < alpha
-            disagreements += int((ours != theirs).sum())
-            drops += int(theirs.sum())
-            cases += 400
+            t = paired_t_statistic(torch.from_numpy(a), torch.from_numpy(b))
+            for alternative in ("one-sided", "two-sided"):
+                ours = (t > critical_t(alpha, n, alternative)).numpy()
+                res = stats.ttest_rel(a, b, axis=1, alternative=SCIPY_ALTERNATIVE[alternative])
+                theirs = (res.pvalue < alpha) & (res.statistic > 0)  # worse, significantly
+                disagreements += int((ours != theirs).sum())
+                drops += int(theirs.sum())
+                cases += 400
     assert disagreements == 0 and 0.2 * cases < drops < 0.9 * cases
     # Zero variance of the differences: identical draws are never dropped; a constant worse one is.
     base = np.arange(10.0)
     for a, dropped in ((base, False), (base + 0.5, True)):
-        ours = bool(paired_t_statistic(torch.from_numpy(a), torch.from_numpy(base)) > critical_t(0.002, 10))
+        t = paired_t_statistic(torch.from_numpy(a), torch.from_numpy(base))
+        ours = bool(t > critical_t(0.002, 10, "one-sided"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns about the zero variance it then handles
             theirs = bool(stats.ttest_rel(a, base, alternative="greater").pvalue < 0.002)

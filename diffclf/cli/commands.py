@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "publish": "diffclf.cli.publish:publish",
     "export": "diffclf.cli.export:export",
     "bench": "diffclf.cli.bench:bench",
+    "calibrate": "diffclf.cli.calibrate:calibrate",
     "report": "diffclf.metrics.report:run_report",
     "merge": "diffclf.metrics.predictions:merge_predictions",
     "build-shift": "diffclf.data.shifts:build_shift",

@@ -9,7 +9,7 @@ pads with repeated samples, so every image is counted exactly once. That require
 ``DistributedSampler`` from here too.
 
 The loader arguments (``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``,
-``flip``) are declared here only: a data module takes its own arguments plus ``**kwargs`` for
+``flip``, ``predict_split``) are declared here only: a data module takes its own arguments plus ``**kwargs`` for
 ``super().__init__``, and jsonargparse follows those ``**kwargs`` here, so ``--data.init_args.batch_size``
 and YAML ``init_args: {batch_size: …}`` reach every data module. What differs per data set, the
 default training batch and whether training images are mirrored, are the class attributes
@@ -19,7 +19,7 @@ default training batch and whether training images are mirrored, are the class a
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -32,6 +32,9 @@ from diffclf.data.transforms import random_hflip
 
 class DataSourceError(ValueError):
     """Data that is missing or unreadable; the message is one line that says what to do."""
+
+
+PREDICT_SPLITS = ("test", "train", "val")
 
 
 def stage_splits(stage: str) -> set[str]:
@@ -92,6 +95,9 @@ class ClassificationDataModule(LightningDataModule):
         flip: random horizontal flips of training images, DiT's only augmentation (default: the data
             set's ``default_flip``; off for digits, whose mirror images are other symbols or none). Turn it
             off for any data where a mirrored image is another class (letters, digits, text).
+        predict_split: the split ``predict`` classifies: ``test``, or ``train`` / ``val`` (never
+            flipped) to fit a calibration on images that are not the test split (``diffclf calibrate``).
+            ``val`` is refused where the validation images are test images (``val_split=test``).
     """
 
     name: str = "data"
@@ -104,7 +110,8 @@ class ClassificationDataModule(LightningDataModule):
     default_flip: ClassVar[bool] = True
 
     def __init__(self, batch_size: int | None = None, eval_batch_size: int | None = None, num_workers: int = 0,
-                 seed: int = 0, eval_limit: int | None = None, flip: bool | None = None) -> None:
+                 seed: int = 0, eval_limit: int | None = None, flip: bool | None = None,
+                 predict_split: Literal["test", "train", "val"] = "test") -> None:
         super().__init__()
         if batch_size is None:
             batch_size = self.default_batch_size
@@ -118,6 +125,9 @@ class ClassificationDataModule(LightningDataModule):
             raise ValueError(f"data.eval_limit must be >= 1 (or null for all images), got {eval_limit}")
         self.eval_limit = eval_limit
         self.flip = self.default_flip if flip is None else bool(flip)
+        if predict_split not in PREDICT_SPLITS:
+            raise ValueError(f"data.predict_split must be one of {', '.join(PREDICT_SPLITS)}, got {predict_split!r}")
+        self.predict_split = predict_split
         self.skipped_images: list[str] = []
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
@@ -138,17 +148,39 @@ class ClassificationDataModule(LightningDataModule):
         """``{"train": …, "val": …, "test": …}`` as ``(image, target)`` datasets for ``stage``."""
         raise NotImplementedError
 
+    @property
+    def val_is_held_out(self) -> bool:
+        """Whether the validation images are neither test images nor trained on (``val_split=train``)."""
+        return getattr(self, "val_split", "train") != "test"
+
+    def _limited(self, dataset: Dataset) -> IndexedDataset:
+        limit = None if self.eval_limit is None else range(min(self.eval_limit, len(dataset)))  # type: ignore[arg-type]
+        return IndexedDataset(dataset, subset=limit)
+
     def setup(self, stage: str) -> None:
+        if stage == "predict" and self.predict_split != "test":
+            self._setup_predict_split()
+            return
         splits = self.build_datasets(stage)
         if "train" in splits:
             self.train_dataset = IndexedDataset(splits["train"], flip=self.flip)
         if "val" in splits:
             self.val_dataset = IndexedDataset(splits["val"])
         if "test" in splits:
-            test = splits["test"]
-            limit = None if self.eval_limit is None else range(min(self.eval_limit, len(test)))  # type: ignore[arg-type]
-            self.test_dataset = IndexedDataset(test, subset=limit)
+            self.test_dataset = self._limited(splits["test"])
             self.predict_dataset = self.test_dataset
+
+    def _setup_predict_split(self) -> None:
+        split = self.predict_split
+        if split == "val" and not self.val_is_held_out:
+            raise ValueError(
+                f"data.predict_split=val: the validation images of {self.name} are test images; "
+                "use data.predict_split=train, or hold validation images out of training with data.val_split=train"
+            )
+        dataset = self.build_datasets("fit" if split == "train" else "validate").get(split)
+        if dataset is None:
+            raise DataSourceError(f"data.predict_split={split}: {self.name} has no {split} split")
+        self.predict_dataset = self._limited(dataset)
 
     # ------------------------------------------------------------------ samplers
     def _world(self) -> tuple[int, int]:
@@ -164,7 +196,7 @@ class ClassificationDataModule(LightningDataModule):
         return world, rank
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle the distributed training split for ``epoch`` (called by the module)."""
+        """Reshuffle the training split for ``epoch`` (called by the module)."""
         if isinstance(self._train_sampler, DistributedSampler):
             self._train_sampler.set_epoch(epoch)
 
@@ -174,12 +206,10 @@ class ClassificationDataModule(LightningDataModule):
         world, rank = self._world()
         kwargs: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
         if train:
-            if world > 1:
-                self._train_sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed)
-                kwargs["sampler"] = self._train_sampler
-            else:
-                kwargs["shuffle"] = True
-                kwargs["generator"] = torch.Generator().manual_seed(self.seed)
+            # A shuffle that is a function of (seed, epoch), also on one process: a resumed run sees the
+            # epoch's order the uninterrupted run saw (a generator seeded once would restart at epoch 0's).
+            self._train_sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed)
+            kwargs["sampler"] = self._train_sampler
             return DataLoader(dataset, batch_size=self.batch_size, drop_last=len(dataset) >= self.batch_size * world,
                               **kwargs)
         if world > 1:

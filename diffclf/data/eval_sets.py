@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch.utils.data import Dataset
 
@@ -123,6 +123,8 @@ class EvalSetDataModule(ClassificationDataModule):
     """
 
     env_var: str = ""
+    #: ``validate`` scores the evaluation images themselves: not held out from the test.
+    val_is_held_out: ClassVar[bool] = False
     expects: str = ""
     accepted_layouts: tuple[str, ...] = ()
     default_batch_size = 32

@@ -92,6 +92,16 @@ def label_space_scores(logits: Tensor, index: Tensor) -> Tensor:
     return logits[:, index.to(logits.device)].amax(dim=-1)
 
 
+def label_space_logits(logits: Tensor, index: Tensor) -> Tensor:
+    """Model-class logits ``(B, M)`` → label-space logits ``(B, K)`` of ``p(c|x)``: a class sums its ids'
+    probabilities, i.e. takes the log-sum-exp of their logits (the padding of ``group_index`` counted once)."""
+    index = index.to(logits.device)
+    pad = torch.zeros_like(index, dtype=torch.bool)
+    pad[:, 1:] = index[:, 1:] == index[:, :1]
+    gathered = logits[:, index].masked_fill(pad, -torch.inf)
+    return torch.logsumexp(gathered, dim=-1)
+
+
 # ---------------------------------------------------------------------- ImageNet (timm's files)
 def _timm_info(filename: str) -> list[str]:
     data = pkgutil.get_data("timm.data", f"_info/{filename}")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
-from diffclf.data.base import ClassificationDataModule
+from diffclf.data.base import ClassificationDataModule, DataSourceError
 from diffclf.data.label_spaces import LabelSpace
 
 if TYPE_CHECKING:
@@ -105,6 +105,13 @@ class CachedLatentsDataModule(ClassificationDataModule):
         if stage in ("test", "predict") and "test" not in out:
             raise ValueError(f"data.test_cache is needed to {stage}")
         return out
+
+    def _setup_predict_split(self) -> None:
+        """Predicting on the train (or val) cache reads posterior means, unflipped, like a test."""
+        cache = self._open(self.predict_split, train=False)
+        if cache is None:
+            raise DataSourceError(f"data.predict_split={self.predict_split}: data.{self.predict_split}_cache is not set")
+        self.predict_dataset = self._limited(_Unindexed(cache))
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

@@ -25,7 +25,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -411,6 +411,9 @@ class FashionMNISTShiftDataModule(ClassificationDataModule):
         **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
             :class:`ClassificationDataModule`.
     """
+
+    #: A test-only set: its validation images are its test images.
+    val_is_held_out: ClassVar[bool] = False
 
     def __init__(
         self,

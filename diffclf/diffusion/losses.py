@@ -9,11 +9,14 @@ is added as it is, in bits per dimension, without the ``num_timesteps / 1000`` r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from diffclf.diffusion.schedule import NoiseSchedule
+from diffclf.diffusion.scoring import mix_seed
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -125,3 +128,69 @@ def sample_timesteps(
     draw_device = generator.device if generator is not None else device
     t = torch.randint(0, num_timesteps, (batch,), generator=generator, device=draw_device)
     return t.to(device) if device is not None else t
+
+
+# Stream ids of the training draws: each quantity has its own generator seed, so drawing one of them
+# differently (another class-dropout rate, a latent posterior sample or not) never shifts the others.
+TRAINING_STREAMS = {"t": 0x7470, "eps": 0x657073, "drop": 0x64726F70, "posterior": 0x706F7374}
+# Tags the training keys, so that they never coincide with the scorer's keys (``scoring.py``), which mix
+# the same seed.
+_TRAIN_TAG = 0x747261696E
+
+
+class TrainingDraws(NamedTuple):
+    """The random inputs of one training micro-batch: timesteps, eps, and where the label is dropped."""
+
+    t: Tensor  # (N,) long
+    noise: Tensor  # like x0
+    drop: Tensor | None  # (N,) bool, True: the label becomes the null class; None without class dropout
+
+
+def training_key(
+    seed: int, world_size: int, rank: int, step: int, micro: int = 0
+) -> tuple[int, ...]:
+    """The key of one training micro-batch's draws: ``(seed, world_size, rank, step, micro)``.
+
+    ``step`` is the optimizer step (Lightning's ``global_step``) and ``micro`` the position of the
+    micro-batch within gradient accumulation. DiT's ``train.py`` seeds rank ``r`` of ``W`` once with
+    ``seed * W + r`` and lets the global RNG run; keying every micro-batch instead gives each rank its
+    own stream as well, and a run resumed at step ``s`` draws exactly what the uninterrupted run drew
+    at step ``s`` with no RNG state in the checkpoint (a global RNG is neither saved by Lightning nor
+    safe from whatever else draws from it: augmentations, callbacks, sampling grids).
+    """
+    return (_TRAIN_TAG, seed, world_size, rank, step, micro)
+
+
+def training_generator(key: Sequence[int], stream: str, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` for one ``stream`` (``TRAINING_STREAMS``: ``t``, ``eps``, ``drop``,
+    ``posterior``) of a training key, seeded through a splitmix64 mixer so that nearby keys (consecutive
+    steps, neighbouring ranks) give unrelated streams."""
+    return torch.Generator(device=device).manual_seed(mix_seed(*key, TRAINING_STREAMS[stream]))
+
+
+def training_draws(
+    key: Sequence[int],
+    shape: Sequence[int] | torch.Size,
+    num_timesteps: int,
+    dropout_prob: float,
+    device: torch.device | str,
+    dtype: torch.dtype = torch.float32,
+) -> TrainingDraws:
+    """Timesteps, eps and class-dropout mask of one training micro-batch of ``shape = (N, C, H, W)``.
+
+    Each comes from its own generator on ``device`` (CPU or CUDA; a CUDA generator's Philox draws
+    differ from the CPU's, so a run on GPU does not repeat a CPU run's draws, but every run on the same
+    kind of device does) seeded by :func:`training_generator`: the draws depend on ``key`` alone, never
+    on the global RNG. The mask is DiT's rule, ``rand < dropout_prob``, and is ``None`` when
+    ``dropout_prob`` is 0.
+    """
+    device = torch.device(device)
+    n = shape[0]
+    t = sample_timesteps(n, num_timesteps, generator=training_generator(key, "t", device), device=device)
+    noise = torch.randn(tuple(shape), generator=training_generator(key, "eps", device), device=device,
+                        dtype=dtype)
+    drop = None
+    if dropout_prob > 0:
+        u = torch.rand(n, generator=training_generator(key, "drop", device), device=device)
+        drop = u < dropout_prob
+    return TrainingDraws(t, noise, drop)

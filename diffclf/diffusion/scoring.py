@@ -21,7 +21,8 @@ Design choices and why:
   draws are an even sub-grid, and any prefix of length ``m`` leaves no gap wider than four times
   ``(hi - lo) / m`` (under three in practice; tests/test_scoring.py checks it). Scoring all ``n``
   draws uses exactly the reference grid ``t = lo + (hi-lo)//n//2 + k*(hi-lo)//n`` when ``n``
-  divides ``hi - lo`` (see :func:`even_grid`).
+  divides ``hi - lo`` (see :func:`even_grid`). A strategy with a schedule of its own (``Adaptive`` in
+  ``official`` mode: each stage an even sub-grid) gives the scorer its ``order`` of grid positions instead.
 - **One flat loop over (image, class, draw) triples** in chunks of ``batch_size``: the denoiser
   always sees full batches whatever the mix of images and surviving classes. ``x_t`` is built by
   gathering inside the chunk; all indices are made once per call and nothing is copied to the
@@ -32,8 +33,9 @@ Design choices and why:
   mirror image when its grid position has an odd number of set bits (Thue-Morse): neighbouring
   positions ``2i`` and ``2i+1`` always differ, so both views cover the timestep range evenly, and as
   the draw order is bit-reversed (which keeps the set bits), every prefix of draws is split in half
-  to within two draws. It costs nothing (the same number of
-  forwards) and averages the model's own error over the two views; classes stay paired because a
+  to within two draws (with a strategy's own ``order``, the view follows the draw index ``k`` instead,
+  which splits every run of consecutive draws, such as a stage, likewise). It costs nothing (the same
+  number of forwards) and averages the model's own error over the two views; classes stay paired because a
   draw's view, like its ``(t, eps)``, is the same for every class.
 - **Results live in a** :class:`ScoreTable` holding every per-draw error (NaN where not scored):
   the paired t-test needs classes paired on the same draws, and sums, squared sums and counts
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,7 +69,7 @@ _STREAM_EPS = 2
 _SHARED_KEY = -1
 
 
-def _mix(*parts: int) -> int:
+def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (splitmix64 finaliser over each part): decorrelates nearby keys."""
     h = 0x9E3779B97F4A7C15
     for p in parts:
@@ -226,6 +228,15 @@ class Scorer:
         autocast_dtype: run the denoiser under ``torch.autocast`` with this dtype (errors stay fp32).
         seed: the draws depend only on this seed and the dataset index.
         num_classes: classes of the denoiser (default: its ``num_classes`` attribute).
+        order: the positions ``0..max_draws-1`` of the ``max_draws``-point grid (or strata) in draw
+            order, a permutation (default: :func:`spread_order`, bit-reversed). A strategy with its own
+            schedule gives it (:attr:`~diffclf.strategies.Strategy.draw_order`, e.g. ``Adaptive`` in
+            ``official`` mode). Draw ``k`` then lies at grid position (``even``) or in stratum
+            (``stratified``) ``order[k]``; its noise stays that of ``(seed, index, k)``; ``uniform``
+            timesteps ignore the order. With ``flip_views`` a draw of a custom order sees the mirror
+            image when ``k`` (not its position) has an odd number of set bits: every run of consecutive
+            draws is split in half to within two draws, so each stage is, and as a stage's timesteps
+            ascend with ``k``, so is every stretch of them.
     """
 
     def __init__(
@@ -246,6 +257,7 @@ class Scorer:
         autocast_dtype: torch.dtype | None = None,
         seed: int = 0,
         num_classes: int | None = None,
+        order: list[int] | None = None,
     ) -> None:
         for name, value, allowed in (
             ("design", design, DESIGNS),
@@ -283,13 +295,36 @@ class Scorer:
         self.autocast_dtype = autocast_dtype
         self.seed = int(seed)
         self.num_classes = int(num_classes)
-        self._order = torch.tensor(spread_order(self.max_draws), dtype=torch.long)
+        default = spread_order(self.max_draws)
+        if order is None:
+            order = default
+        else:
+            order = [int(p) for p in order]
+            if sorted(order) != list(range(self.max_draws)):
+                raise ValueError(
+                    f"the scorer's draw order must be a permutation of range(max_draws={self.max_draws}), "
+                    f"got {len(order)} positions"
+                    + (f" from {min(order)} to {max(order)}" if order else "")
+                )
+        self.order: tuple[int, ...] = tuple(order)
+        self._default_order = self.order == tuple(default)
+        self._order = torch.tensor(order, dtype=torch.long)
         self._grid = torch.tensor(even_grid(self.max_draws, lo, hi), dtype=torch.long)[self._order]
         self.flip_views = bool(flip_views)
-        self._mirrored = torch.tensor([bin(p).count("1") % 2 == 1 for p in self._order.tolist()])
+        # Thue-Morse views: of the grid position in the default order (whose bit reversal keeps the set
+        # bits), of the draw index in a strategy's own order (its stages are runs of consecutive draws).
+        keys = self._order.tolist() if self._default_order else range(self.max_draws)
+        self._mirrored = torch.tensor([p.bit_count() % 2 == 1 for p in keys])
         self._shared_t = self._draw_t(_SHARED_KEY) if noise == "shared" else None
         self._last_device: torch.device | None = None
+        self._views: tuple[Tensor, Tensor] | None = None
         self._device_tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def has_order(self, order: list[int] | None) -> bool:
+        """Whether draw ``k`` lies at grid position ``order[k]`` (None: the default :func:`spread_order`)."""
+        if order is None:
+            return self._default_order
+        return self.order == tuple(int(p) for p in order)
 
     # ------------------------------------------------------------------ where it runs
     @property
@@ -332,7 +367,7 @@ class Scorer:
         if self.design == "even":
             return self._grid
         lo, hi = self.t_range
-        gen = torch.Generator().manual_seed(_mix(self.seed, key, _STREAM_T))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, key, _STREAM_T))
         u = torch.rand(self.max_draws, generator=gen, dtype=torch.float64)
         if self.design == "stratified":
             pos = (self._order.double() + u) * (hi - lo) / self.max_draws
@@ -361,7 +396,7 @@ class Scorer:
     def _draw_eps(self, key: int, start: int, stop: int, shape: tuple[int, ...], out: Tensor) -> None:
         gen = torch.Generator()
         for j, k in enumerate(range(start, stop)):
-            gen.manual_seed(_mix(self.seed, key, k, _STREAM_EPS))
+            gen.manual_seed(mix_seed(self.seed, key, k, _STREAM_EPS))
             torch.randn(shape, generator=gen, out=out[j])
 
     def noise(self, index: Tensor, start: int, stop: int, shape: tuple[int, ...] | torch.Size) -> Tensor:
@@ -421,6 +456,28 @@ class Scorer:
 
     # ------------------------------------------------------------------ the engine
     @torch.no_grad()
+    @contextlib.contextmanager
+    def mirrored_views(self, x: Tensor, x_mirror: Tensor) -> Iterator[None]:
+        """Within the block, ``flip_views`` draws of ``x`` see ``x_mirror`` instead of ``x.flip(-1)``.
+
+        For latent models: the mirror image's latents are the encoding of the mirrored pixels, not the
+        mirrored latents (an SD-VAE is not flip-equivariant, and training saw encoded mirror images).
+        Bound to this very tensor ``x`` (the strategies pass it through unchanged), so another batch
+        can never pick up these views.
+        """
+        if x_mirror.shape != x.shape:
+            raise ValueError(f"mirrored views {tuple(x_mirror.shape)} do not match the inputs {tuple(x.shape)}")
+        previous, self._views = self._views, (x, x_mirror)
+        try:
+            yield
+        finally:
+            self._views = previous
+
+    def _mirror_of(self, x: Tensor) -> Tensor:
+        if self._views is not None and self._views[0] is x:
+            return self._views[1].to(x.device)
+        return x.flip(-1)
+
     def score(
         self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None
     ) -> int:
@@ -468,7 +525,7 @@ class Scorer:
         sqrt_ab, sqrt_1mab, weights = self._tables(device)
         xf = x.float()
         mirrored = self.mirrored(start, stop).to(device) if self.flip_views else None
-        x_mirror = xf.flip(-1) if self.flip_views else None
+        x_mirror = self._mirror_of(x).float() if self.flip_views else None
         cand = table.candidates
         errors = table.errors
         C = self.in_channels

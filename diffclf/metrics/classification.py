@@ -2,7 +2,8 @@
 
 :class:`ClassificationMetrics` accumulates integer counts (summed across ranks, never averaged:
 averaging per-rank means is wrong when ranks see different numbers of images) from which
-top-1, top-5, mean per-class accuracy and the cost per image follow. torchmetrics only, no Lightning.
+top-1, top-5, mean per-class accuracy and the cost per image follow, and, when ``p(c|x)`` is given, the
+calibration sums behind ECE, NLL and Brier (``diffclf.metrics.calibration``). torchmetrics only, no Lightning.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from diffclf.metrics.calibration import CalibrationStats
 
 
 class _Counts(Metric):
@@ -72,10 +75,13 @@ class ClassificationMetrics(torch.nn.Module):
         self.num_classes = num_classes
         self.top_k = min(5, num_classes)
         self.counts = _Counts(num_classes, self.top_k)
+        self.calibration = CalibrationStats()
 
     def update(
-        self, scores: Tensor, target: Tensor, forwards: Tensor | None = None, seconds: float = 0.0
+        self, scores: Tensor, target: Tensor, forwards: Tensor | None = None, seconds: float = 0.0,
+        log_probs: Tensor | None = None,
     ) -> None:
+        """``log_probs`` ``(B, K)``: ``log p(c|x)`` of the images, for ECE, NLL and Brier."""
         if scores.ndim != 2 or scores.shape[1] != self.num_classes:
             raise ValueError(
                 f"scores must have shape (B, {self.num_classes}) over the label space, "
@@ -89,6 +95,11 @@ class ClassificationMetrics(torch.nn.Module):
                 f"got values in {int(target.min())}..{int(target.max())}"
             )
         self.counts.update(scores, target, forwards, seconds)
+        if log_probs is not None:
+            if log_probs.shape != scores.shape:
+                raise ValueError(f"log_probs must have the shape of scores {tuple(scores.shape)}, got {tuple(log_probs.shape)}")
+            pred = torch.nan_to_num(scores.detach().float(), nan=-torch.inf).argmax(dim=1)
+            self.calibration.update(log_probs, target, pred)
 
     def compute(self) -> dict[str, Any]:
         c = {k: v.detach().cpu() for k, v in self.counts.compute().items()}
@@ -98,6 +109,8 @@ class ClassificationMetrics(torch.nn.Module):
         nan = float("nan")
         per_class = class_correct[present].double() / support[present].double()
         fwd_images = int(c["forwards_images"])
+        cal = self.calibration.compute()
+        has_probs = cal["n"] == n and n > 0  # every image came with its probabilities
         return {
             "n": n,
             "correct": correct,
@@ -106,7 +119,12 @@ class ClassificationMetrics(torch.nn.Module):
             "mean_per_class_accuracy": float(per_class.mean()) if n else nan,
             "forwards_per_image": float(c["forwards"]) / fwd_images if fwd_images else None,
             "seconds_per_image": float(c["seconds"]) / n if n else nan,
+            "ece": cal["ece"] if has_probs else None,
+            "nll": cal["nll"] if has_probs else None,
+            "brier": cal["brier"] if has_probs else None,
+            "reliability_bins": cal["bins"] if has_probs else None,
         }
 
     def reset(self) -> None:
         self.counts.reset()
+        self.calibration.reset()

@@ -47,6 +47,12 @@ def file_fingerprint(path: str | None) -> str:
     return f"{size}:{h.hexdigest()[:16]}"
 
 
+def manifest_path(output: str | Path) -> Path:
+    """The manifest written beside a merged predictions file: ``<output>.manifest.json``."""
+    output = Path(output)
+    return output.with_name(output.name + ".manifest.json")
+
+
 def read_shards(parts_dir: Path) -> dict[int, dict[str, Any]]:
     """All rows found in ``parts_dir``; a duplicated index must carry the same prediction."""
     rows: dict[int, dict[str, Any]] = {}

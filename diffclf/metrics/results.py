@@ -43,6 +43,10 @@ RECORD_FIELDS: tuple[tuple[str, bool, bool], ...] = (
     ("mean_per_class_accuracy", True, False),
     ("forwards_per_image", True, True),
     ("seconds_per_image", True, True),
+    ("ece", False, True),
+    ("nll", False, True),
+    ("brier", False, True),
+    ("calibration", False, True),
     ("strategy", True, False),
     ("seed", True, True),
     ("commit", True, False),
@@ -129,7 +133,8 @@ def make_record(metrics: Mapping[str, Any], ci_level: float, **context: Any) -> 
 
 
 def format_summary(record: Mapping[str, Any]) -> str:
-    """The two-line table ``test`` prints (fractions, interval at the record's level)."""
+    """The two-line table ``test`` prints (fractions, interval at the record's level; ECE and NLL of
+    ``p(c|x)`` when the run measured them)."""
     fwd = record.get("forwards_per_image")
     sec = record.get("seconds_per_image")
     head = ["dataset", "n", "accuracy", f"{100 * record['ci_level']:g}% CI", "top-5", "mean/class",
@@ -144,6 +149,9 @@ def format_summary(record: Mapping[str, Any]) -> str:
         "-" if fwd is None else f"{fwd:.6g}",
         "-" if sec is None else f"{sec:.4g}",
     ]
+    if record.get("ece") is not None:
+        head += ["ECE", "NLL"]
+        row += [f"{record['ece']:.4f}", f"{record['nll']:.4f}"]
     widths = [max(len(h), len(r)) for h, r in zip(head, row)]
     return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in (head, row))
 

@@ -108,7 +108,8 @@ class LabelEmbedder(nn.Module):
         self.dropout_prob = dropout_prob
 
     def token_drop(self, labels: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
-        """Replace labels by the null class, at random (training) or where ``force_drop_ids == 1``."""
+        """Replace labels by the null class, at random (training; the global RNG) or where
+        ``force_drop_ids == 1``."""
         if force_drop_ids is None:
             drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
         else:
@@ -301,7 +302,10 @@ class DiT(nn.Module):
             x: ``(N, C, H, W)`` noisy inputs.
             t: ``(N,)`` timesteps, float or integer.
             y: ``(N,)`` class labels; ``num_classes`` is the null class.
-            force_drop_ids: optional ``(N,)``; where 1, the label is replaced by the null class.
+            force_drop_ids: optional ``(N,)`` (0/1 or bool); where 1, the label is replaced by the null
+                class, in train and eval mode alike, and no random dropout is drawn. Training passes its
+                seeded class-dropout mask here (``diffclf.diffusion.losses.training_draws``); without it,
+                train mode drops labels with ``torch.rand``, the global RNG, as the original.
         """
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D), T = H * W / patch_size ** 2
         t = self.t_embedder(t)  # (N, D)

@@ -30,6 +30,8 @@ class Classification:
         stage: ``(B, M)`` float, how far a class got (higher survived longer); ``-inf`` for classes
             that are not ranked at all. Default: 0 for scored classes, ``-inf`` otherwise.
         tiebreak: ``(B, M)`` float order within a stage, higher is better. Default ``-mean_error``.
+        errors: ``(B, M, D)`` fp32 per-draw errors (NaN where not scored), when the strategy kept them:
+            :meth:`logits` then compares every class with the prediction on the draws they share.
         pred: ``(B,)`` long model id of the best-ranked class (computed).
     """
 
@@ -39,6 +41,7 @@ class Classification:
     forwards: Tensor
     stage: Tensor | None = None
     tiebreak: Tensor | None = None
+    errors: Tensor | None = None
     pred: Tensor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -73,13 +76,33 @@ class Classification:
         scores = torch.empty_like(ranks).scatter_(1, order, ranks)
         return torch.where(torch.isneginf(stage), torch.full_like(scores, -math.inf), scores)
 
+    def logits(self) -> Tensor:
+        """``(B, M)`` fp32 ``-(err_c - err_pred)``: each class's mean error gap to the prediction, measured
+        on the draws the two share; ``-inf`` for classes never scored, 0 for the prediction.
+
+        Successive elimination and t-test pruning score survivors on more draws than the classes they
+        dropped, so mean errors over different draw sets are not comparable (a class dropped after 50
+        draws at small t would look as good as the winner's mean over 1000). The winner was scored on
+        every draw any class got, so each class is compared with it on the draws they share: a paired
+        estimate of the same expected gap, whatever the class's number of draws. Without per-draw
+        errors (a hand-built result) it is ``-(mean_error - min mean_error)``.
+        """
+        if self.errors is None:
+            gap = self.mean_error - torch.nan_to_num(self.mean_error, nan=math.inf).amin(dim=1, keepdim=True)
+        else:
+            pos = (self.candidates == self.pred.unsqueeze(1)).float().argmax(dim=1)
+            ref = self.errors.gather(1, pos.view(-1, 1, 1).expand(-1, 1, self.errors.shape[2]))
+            diff = self.errors - ref  # NaN wherever either was not scored
+            shared = (~torch.isnan(diff)).sum(dim=-1)
+            gap = torch.nansum(diff, dim=-1) / shared.clamp(min=1)
+            gap = torch.where(shared > 0, gap, torch.full_like(gap, math.nan))
+        return torch.where(torch.isnan(gap), torch.full_like(gap, -math.inf), -gap.float())
+
     def probs(self, temperature: float = 1.0) -> Tensor:
-        """``(B, M)`` ``softmax(-mean_error / temperature)`` over the scored classes, 0 for the others."""
+        """``(B, M)`` ``softmax(logits / temperature)`` (see :meth:`logits`); 0 for unscored classes."""
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        logits = -self.mean_error.double() / temperature
-        logits = torch.where(torch.isnan(logits), torch.full_like(logits, -math.inf), logits)
-        return torch.nan_to_num(torch.softmax(logits, dim=1), nan=0.0).float()
+        return torch.softmax(self.logits().double() / temperature, dim=1).float()
 
     def top5(self) -> Tensor:
         """``(B, min(5, M))`` model ids of the best-ranked classes, best first."""
@@ -92,7 +115,10 @@ def from_table(table: ScoreTable, stage: Tensor | None = None) -> Classification
     counts = table.counts
     if stage is not None:
         stage = torch.where(counts > 0, stage.float(), torch.full_like(stage.float(), -math.inf))
-    return Classification(table.candidates, table.mean_error(), counts, table.forwards.clone(), stage=stage)
+    return Classification(
+        table.candidates, table.mean_error(), counts, table.forwards.clone(), stage=stage,
+        errors=table.errors[:, :, : max(table.horizon, 1)],
+    )
 
 
 class Strategy(ABC):
@@ -107,6 +133,12 @@ class Strategy(ABC):
     @abstractmethod
     def max_draws(self) -> int:
         """Most draws any class of an image can be scored on (sizes the scorer)."""
+
+    @property
+    def draw_order(self) -> list[int] | None:
+        """Positions of the ``max_draws``-point grid in the order this strategy scores them (the scorer's
+        ``order``), or None for the scorer's default bit-reversed order, whose every prefix is spread."""
+        return None
 
     @abstractmethod
     def classify(
@@ -128,4 +160,10 @@ class Strategy(ABC):
             raise ValueError(
                 f"{type(self).__name__} needs {self.max_draws} draws per image but the scorer has "
                 f"max_draws={scorer.max_draws}"
+            )
+        order = self.draw_order
+        if order is not None and not scorer.has_order(order):
+            raise ValueError(
+                f"{type(self).__name__} scores the grid in its own order (draw_order); build the scorer "
+                "with order=strategy.draw_order"
             )

@@ -38,6 +38,10 @@ class Prefilter(Strategy):
     def max_draws(self) -> int:
         return self.inner.max_draws
 
+    @property
+    def draw_order(self) -> list[int] | None:
+        return self.inner.draw_order
+
     def _load(self, num_classes: int, device: torch.device) -> nn.Module:
         if self._model is None:
             from diffclf.models.classifiers import load_classifier
@@ -84,4 +88,12 @@ class Prefilter(Strategy):
             1, pos, torch.where(torch.isneginf(inner_rank), -math.inf, 0.0)
         )
         tiebreak = cand_logits.scatter(1, pos, inner_rank)
-        return Classification(cand, mean_error, num_draws, inner.forwards, stage=stage, tiebreak=tiebreak)
+        errors = None
+        if inner.errors is not None:
+            D = inner.errors.shape[2]
+            errors = torch.full((B, M, D), math.nan, device=x.device).scatter(
+                1, pos.unsqueeze(-1).expand(-1, -1, D), inner.errors.float()
+            )
+        return Classification(
+            cand, mean_error, num_draws, inner.forwards, stage=stage, tiebreak=tiebreak, errors=errors
+        )

@@ -1,7 +1,8 @@
 """A scorer that replays recorded per-draw errors instead of calling a denoiser (plain torch).
 
-The draws of an image depend only on ``(seed, dataset index, max_draws)`` (``diffclf.diffusion.scoring``),
-so any strategy whose ``max_draws`` equals an exhaustive run's sees exactly the errors that run recorded.
+The draws of an image depend only on ``(seed, dataset index, max_draws)`` and the draw order
+(``diffclf.diffusion.scoring``), so any strategy whose ``max_draws`` and ``draw_order`` equal an exhaustive
+run's sees exactly the errors that run recorded.
 Reading them back through the :class:`~diffclf.diffusion.scoring.Scorer` interface lets the *real*
 strategy code (elimination schedules, paired t-tests) be evaluated on hundreds of settings for the price
 of one exhaustive run: predictions and forwards are those a live run would give, bit for bit (the
@@ -27,25 +28,36 @@ class ReplayScorer(Scorer):
             the same order, that the replayed strategy is given; ``D`` is the ``max_draws`` replayed.
         row_of: dataset index → row of ``reference``.
         num_classes: classes of the model the errors came from (candidate ids are checked against it).
+        order: the draw order of the recorded run (its scorer's ``order``; None = the default). Draw ``k``
+            of a run is its ``k``-th grid position with the noise of ``(seed, index, k)``, so only a strategy
+            with the same :attr:`~diffclf.strategies.Strategy.draw_order` sees the recorded errors: an
+            ``Adaptive(schedule="official")`` needs a reference recorded in its order, and
+            ``DiffusionClassifier.scorer()`` rebuilds (so ``run_replay`` refuses) a replay in another order.
 
     Forwards are counted exactly as :meth:`Scorer.score` counts them (active pairs × draws), so a
     replayed strategy reports the cost its live run would have had.
     """
 
-    def __init__(self, reference: Tensor, row_of: Mapping[int, int], num_classes: int) -> None:
+    def __init__(
+        self, reference: Tensor, row_of: Mapping[int, int], num_classes: int, order: list[int] | None = None
+    ) -> None:
         if reference.dim() != 3:
             raise ValueError(f"reference errors must be (N, M, D), got shape {tuple(reference.shape)}")
         # The denoiser is never called; schedule and channels only satisfy the base class.
         super().__init__(
-            lambda x, t, y: x, NoiseSchedule(), 1, max_draws=reference.shape[-1], num_classes=num_classes
+            lambda x, t, y: x, NoiseSchedule(), 1, max_draws=reference.shape[-1], num_classes=num_classes,
+            order=order,
         )
         self.reference = reference
         self.row_of = dict(row_of)
 
     @classmethod
-    def from_run(cls, errors: Tensor, index: Tensor, num_classes: int) -> ReplayScorer:
-        """A replay of a run's ``(N, M, D)`` errors whose rows follow the dataset indices ``index`` ``(N,)``."""
-        return cls(errors, {int(i): r for r, i in enumerate(index.tolist())}, num_classes)
+    def from_run(
+        cls, errors: Tensor, index: Tensor, num_classes: int, order: list[int] | None = None
+    ) -> ReplayScorer:
+        """A replay of a run's ``(N, M, D)`` errors whose rows follow the dataset indices ``index`` ``(N,)``
+        (``order``: the run's draw order, as above)."""
+        return cls(errors, {int(i): r for r, i in enumerate(index.tolist())}, num_classes, order=order)
 
     def score(
         self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None

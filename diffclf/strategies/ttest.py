@@ -4,6 +4,7 @@ than the best."""
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from scipy import stats
@@ -13,6 +14,7 @@ from diffclf.diffusion.scoring import Scorer
 from diffclf.strategies.base import Classification, Strategy, from_table
 
 _CHUNK_ELEMENTS = 1 << 24
+ALTERNATIVES = ("one-sided", "two-sided")
 
 
 def paired_t_statistic(a: Tensor, b: Tensor) -> Tensor:
@@ -26,32 +28,52 @@ def paired_t_statistic(a: Tensor, b: Tensor) -> Tensor:
     return d.mean(dim=-1) / torch.sqrt(d.var(dim=-1, correction=1) / n)
 
 
-def critical_t(alpha: float, n: int) -> float:
-    """One-sided critical value: ``p < alpha`` exactly when ``t > critical_t(alpha, n)`` (``n - 1`` dof).
+def critical_t(alpha: float, n: int, alternative: str = "two-sided") -> float:
+    """Critical value of a paired t-test on ``n`` pairs (``n - 1`` dof) for a class worse than the best.
 
-    ``t.isf(alpha)`` is ``t.ppf(1 - alpha)`` without the rounding of ``1 - alpha``; computed on the host
-    once per round so the statistics themselves stay on the device.
+    ``one-sided`` (``H1``: mean difference > 0): ``p < alpha`` exactly when ``t > t.isf(alpha)``.
+    ``two-sided`` (``H1``: mean difference != 0, ``p = 2 sf(|t|)``): ``p < alpha`` exactly when
+    ``|t| > t.isf(alpha / 2)``; only ``t > t.isf(alpha / 2)`` drops a class (see :class:`PairedTTest`).
+    ``t.isf(a)`` is ``t.ppf(1 - a)`` without the rounding of ``1 - a``; computed on the host once per
+    round so the statistics themselves stay on the device.
     """
-    return float(stats.t.isf(alpha, n - 1))
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {', '.join(ALTERNATIVES)}; got {alternative!r}")
+    return float(stats.t.isf(alpha if alternative == "one-sided" else alpha / 2, n - 1))
 
 
 class PairedTTest(Strategy):
-    """Rounds of ``round_size`` draws for every remaining class, pruning with one-sided paired t-tests.
+    """Rounds of ``round_size`` draws for every remaining class, pruning with paired t-tests.
 
     Once the remaining classes have ``>= min_trials`` draws, each is tested against the current best
-    (lowest mean error) on their shared draws (``H1``: its errors are larger); classes with
-    ``p < alpha`` are dropped. An image stops at one class or at ``max_trials`` draws. The number of
-    forwards spent is itself a confidence signal.
+    (lowest mean error) on their shared draws; a class whose errors are larger with ``p < alpha`` is
+    dropped. An image stops at one class or at ``max_trials`` draws. The number of forwards spent is
+    itself a confidence signal.
+
+    ``alternative`` is the p-value's: ``two-sided`` (the default) is the standard paired t-test,
+    ``scipy.stats.ttest_rel``'s default, and what Clark & Jaini's "we run a paired t-test ... and drop
+    classes with p < 0.002" reads as: they name no one-sided alternative, so their p is the usual two-sided
+    one. It drops a class when ``t > t.isf(alpha / 2)`` (3.396 for 30 draws at 0.002), never for being
+    significantly *better* than the best (its mean difference to the best is >= 0, so ``t >= 0``): the
+    drops of ``one-sided`` at ``alpha / 2``. ``one-sided`` (``H1``: its errors are larger) drops when
+    ``t > t.isf(alpha)`` (3.127 for 30 draws at 0.002), so it prunes sooner; it is what diffclf did before
+    the option existed (the recorded ``benchmarks/results/strategies_*`` and ``bench_cpu_*`` t-test runs).
 
     Args:
         alpha: significance level of each test.
         min_trials: draws before the first test (>= 2).
         max_trials: most draws any class gets.
         round_size: draws added per round.
+        alternative: ``two-sided`` or ``one-sided`` p-values, as above.
     """
 
     def __init__(
-        self, alpha: float = 0.002, min_trials: int = 20, max_trials: int = 2000, round_size: int = 10
+        self,
+        alpha: float = 0.002,
+        min_trials: int = 20,
+        max_trials: int = 2000,
+        round_size: int = 10,
+        alternative: Literal["one-sided", "two-sided"] = "two-sided",
     ) -> None:
         if not 0.0 < alpha < 0.5:
             raise ValueError(f"PairedTTest alpha must be in (0, 0.5), got {alpha}")
@@ -63,10 +85,15 @@ class PairedTTest(Strategy):
             raise ValueError(f"PairedTTest max_trials must be >= min_trials={min_trials}, got {max_trials}")
         if round_size < 1:
             raise ValueError(f"PairedTTest round_size must be >= 1, got {round_size}")
+        if alternative not in ALTERNATIVES:
+            raise ValueError(
+                f"PairedTTest alternative must be one of {', '.join(ALTERNATIVES)}; got {alternative!r}"
+            )
         self.alpha = float(alpha)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)
         self.round_size = int(round_size)
+        self.alternative = alternative
 
     @property
     def max_draws(self) -> int:
@@ -78,7 +105,7 @@ class PairedTTest(Strategy):
         mean = errs.mean(dim=-1).masked_fill(~remaining, math.inf)
         best = mean.argmin(dim=1)
         b_err = errs.gather(1, best.view(-1, 1, 1).expand(-1, 1, n))
-        crit = critical_t(self.alpha, n)
+        crit = critical_t(self.alpha, n, self.alternative)
         B, M = remaining.shape
         step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
         drop = torch.zeros_like(remaining)

@@ -2,12 +2,14 @@
 
 A classifier kind (the class-conditional DiT, a timm network, and next the text-conditional and
 contrastive models) subclasses :class:`ClassifierTask` and implements :meth:`ClassifierTask.classify`
-— images and their dataset indices in, label-space scores and ``p(c|x)`` out — plus
+— images and their dataset indices in, label-space scores and logits of ``p(c|x)`` out — plus
 :meth:`ClassifierTask.result_context` (what its records say about it). Everything after the scores is
 here, written once: the data's label space (checked against the model's classes), the maps from model
 ids to label-space classes, probes of every output folder before compute is spent, exact counts summed
-over ranks, the results record with its Clopper-Pearson interval, the printed summary, and the
-``predict`` rows with resume (indices a restarted run already wrote are skipped).
+over ranks, ``p(c|x)`` from the logits through a fitted calibration (``model.init_args.calibration``, a
+file ``diffclf calibrate`` wrote from non-test images) with ECE, NLL and Brier and a reliability diagram,
+the results record with its Clopper-Pearson interval, the printed summary, and the ``predict`` rows with
+resume (indices a restarted run already wrote are skipped).
 
 Each task class also says which hyperparameters its weights fix (:attr:`ClassifierTask.weight_hparams`):
 those are what a checkpoint imposes on a later run; every evaluation option comes from the command line.
@@ -15,6 +17,7 @@ those are what a checkpoint imposes on a later run; every evaluation option come
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -29,7 +32,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from diffclf.data.label_spaces import LabelSpace, group_index, label_space_scores
+from diffclf.metrics.calibration import Calibration, read_calibration, write_reliability_diagram
 from diffclf.metrics.classification import ClassificationMetrics
+from diffclf.metrics.predictions import file_fingerprint
 from diffclf.metrics.provenance import device_name
 from diffclf.metrics.results import (
     RESULTS_JSON,
@@ -40,6 +45,7 @@ from diffclf.metrics.results import (
 )
 
 Batch = tuple[Tensor, Tensor, Tensor]
+RELIABILITY_PNG = "reliability.png"
 
 
 @dataclass
@@ -48,13 +54,14 @@ class Scored:
 
     Attributes:
         scores: ``(B, K)`` ranking scores, higher is better (NaN ranks last).
-        probs: ``(B, K)`` ``p(c|x)``.
+        logits: ``(B, K)`` fp32 ``log p(c|x)`` up to a constant per image, before calibration (``-inf``
+            for a class given probability 0).
         forwards: ``(B,)`` model evaluations spent per image.
         columns: further ``(B, K)`` per-class values that ``predict`` writes (e.g. ``mean_error``).
     """
 
     scores: Tensor
-    probs: Tensor
+    logits: Tensor
     forwards: Tensor
     columns: dict[str, Tensor] = field(default_factory=dict)
 
@@ -78,7 +85,7 @@ class ClassifierTask(LightningModule):
     """Base of every diffclf classifier: label space, output probes, test/predict bookkeeping, records.
 
     Subclasses call ``save_hyperparameters`` with at least ``num_classes``, ``ci_level``, ``results_dir``,
-    ``results_file`` and ``label``, and implement :meth:`classify` and :meth:`result_context`.
+    ``results_file``, ``label`` and ``calibration``, and implement :meth:`classify` and :meth:`result_context`.
     """
 
     # Hyperparameters a checkpoint's weights fix (architecture, classes, noise schedule): a checkpoint
@@ -96,6 +103,7 @@ class ClassifierTask(LightningModule):
         self._maps: CandidateMaps | None = None
         self._class_index_key: tuple[int, str] | None = None
         self._class_index: Tensor | None = None
+        self._calibration: tuple[str, Calibration] | None = None
 
     # ------------------------------------------------------------------ what a kind implements
     def classify(self, images: Tensor, index: Tensor) -> Scored:
@@ -141,12 +149,63 @@ class ClassifierTask(LightningModule):
             self._maps_key = key
         return self._maps
 
+    # ------------------------------------------------------------------ p(c|x)
+    @property
+    def calibration(self) -> Calibration | None:
+        """The fitted calibration of ``model.init_args.calibration`` (read once), or None."""
+        path = dict(self.hparams).get("calibration")
+        if not path:
+            return None
+        if self._calibration is None or self._calibration[0] != path:
+            self._calibration = (path, read_calibration(path))
+        return self._calibration[1]
+
+    def check_calibration(self) -> None:
+        """Refuse a calibration fitted for another classifier: a temperature fitted on one strategy's or
+        scoring's logits is wrong for another's, and the error would only show as bad probabilities."""
+        cal = self.calibration
+        if cal is None:
+            return
+        fitted = cal.fitted_on
+        ctx = json.loads(json.dumps(self.result_context(), default=str))
+        diff = [k for k in ("strategy", "scoring") if k in fitted and fitted[k] != ctx.get(k)]
+        trainer = self._trainer
+        ckpt = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        if ckpt and fitted.get("checkpoint") not in (None, "none") and fitted["checkpoint"] != file_fingerprint(ckpt):
+            diff.append("checkpoint")
+        if diff:
+            details = "; ".join(f"{k}: fitted {fitted.get(k)!r}, now {ctx.get(k, ckpt)!r}" for k in diff)
+            raise ValueError(
+                f"model.init_args.calibration {self.hparams.calibration} was fitted for another classifier ({details}); "
+                "fit one for this run with `diffclf calibrate`"
+            )
+
+    def log_probs(self, scored: Scored) -> Tensor:
+        """``(B, K)`` ``log p(c|x)``: the calibration's map of the logits, else their log-softmax."""
+        cal = self.calibration
+        if cal is None:
+            return torch.log_softmax(scored.logits.double(), dim=1).float()
+        return cal.log_probs(scored.logits, scored.forwards)
+
+    def calibration_record(self) -> dict[str, Any] | None:
+        """What a results record says of the calibration: which file, fit and images (None: uncalibrated)."""
+        cal = self.calibration
+        if cal is None:
+            return None
+        return {"file": str(self.hparams.calibration), "method": cal.method, "temperature": cal.temperature,
+                "platt": list(cal.platt) if cal.platt is not None else None,
+                "split": cal.fitted_on.get("split"), "n": cal.fitted_on.get("n")}
+
     # ------------------------------------------------------------------ output folders
     def on_fit_start(self) -> None:
         check_run_outputs(self, "fit")
 
     def on_test_start(self) -> None:
         check_run_outputs(self, "test")
+        self.check_calibration()
+
+    def on_predict_start(self) -> None:
+        self.check_calibration()
 
     # ------------------------------------------------------------------ test
     def on_test_epoch_start(self) -> None:
@@ -156,9 +215,9 @@ class ClassifierTask(LightningModule):
         images, targets, index = batch
         start = time.perf_counter()
         scored = self.classify(images, index)
-        if scored.scores.is_cuda:  # charge each batch its own device time
-            torch.cuda.synchronize(scored.scores.device)
-        self.test_metrics.update(scored.scores, targets, scored.forwards, time.perf_counter() - start)
+        synchronize(scored.scores.device)  # charge each batch its own device time
+        seconds = time.perf_counter() - start
+        self.test_metrics.update(scored.scores, targets, scored.forwards, seconds, log_probs=self.log_probs(scored))
 
     def on_test_epoch_end(self) -> None:
         self.finish_test(self.test_metrics, self.result_context())
@@ -177,6 +236,7 @@ class ClassifierTask(LightningModule):
         results_dir = ctx.pop("results_dir", None) or hp.get("results_dir")
         results_file = ctx.pop("results_file", None) or hp.get("results_file")
         values = metrics.compute()
+        bins = values.pop("reliability_bins", None)
         trainer = self._trainer
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         space = self.label_space or getattr(dm, "label_space", None)
@@ -193,6 +253,7 @@ class ClassifierTask(LightningModule):
         if getattr(dm, "exclude_from_fit", None):
             ctx.setdefault("exclude_from_fit", list(dm.exclude_from_fit))
         ctx.setdefault("device", device_name(self.device))
+        ctx.setdefault("calibration", self.calibration_record())
         record = make_record(values, level, **ctx)
         self.test_record = record
         if trainer is not None:
@@ -206,6 +267,12 @@ class ClassifierTask(LightningModule):
             )
             path = write_results_json(record, out_dir / RESULTS_JSON)
             tqdm.write(f"results written to {path}")
+            if bins:
+                cal = record["calibration"]
+                how = "uncalibrated" if cal is None else f"{cal['method']}, T={cal['temperature']:.4g}"
+                title = f"{record['model']} on {record['dataset']} ({how})\nECE {record['ece']:.4f}, n={record['n']}"
+                tqdm.write(f"reliability diagram written to "
+                           f"{write_reliability_diagram(bins, out_dir / RELIABILITY_PNG, title)}")
             if results_file:
                 tqdm.write(f"record appended to {append_record(record, results_file)}")
         return record
@@ -233,18 +300,29 @@ class ClassifierTask(LightningModule):
                 return []
             images, targets, index = images[keep], targets[keep], index[keep]
         scored = self.classify(images, index)
+        probs = self.log_probs(scored).exp()
         top = scored.scores.topk(min(5, scored.scores.shape[1]), dim=1).indices
         # One host transfer per tensor and batch, after classification.
         names = list(scored.columns)
         values = [c.tolist() for c in scored.columns.values()]
+        # -inf (probability 0) is not JSON: such a logit is written as null.
+        logits = torch.where(torch.isfinite(scored.logits), scored.logits, torch.nan).tolist()
         rows = []
         for b, (i, y, t5, f, p) in enumerate(zip(index.tolist(), targets.tolist(), top.tolist(),
-                                                 scored.forwards.tolist(), scored.probs.tolist())):
+                                                 scored.forwards.tolist(), probs.tolist())):
             row: dict[str, Any] = {"index": int(i), "target": int(y), "pred": t5[0], "top5": t5, "forwards": int(f)}
             row.update({name: v[b] for name, v in zip(names, values)})
             row["probs"] = p
+            row["logits"] = [None if math.isnan(v) else v for v in logits[b]]
             rows.append(row)
         return rows
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (nothing to wait for on the CPU): kernels run
+    asynchronously, so without it a batch's time is charged to the next one and the last is lost."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def best_of_ids(values: Tensor, groups: Tensor) -> Tensor:

@@ -30,7 +30,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckp
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import Logger
 
-from diffclf.metrics.predictions import atomic_write_text, file_fingerprint, merge_predictions, read_shards
+from diffclf.metrics.predictions import (
+    atomic_write_text,
+    file_fingerprint,
+    manifest_path,
+    merge_predictions,
+    read_shards,
+)
 
 
 class CSVLogger(_LightningCSVLogger):
@@ -92,6 +98,7 @@ class PredictionWriter(BasePredictionWriter):
             "seed": ctx.get("seed"),
             "scoring": ctx.get("scoring"),
             "dataset": getattr(dm, "name", None),
+            "split": getattr(dm, "predict_split", "test"),
         }
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -148,6 +155,9 @@ class PredictionWriter(BasePredictionWriter):
         n = _predict_size(dm) if full else None
         n_rows = merge_predictions(self.parts_dir, self.output, range(n) if n is not None else None)
         print(f"predictions: {n_rows} rows written to {self.output}")
+        # What the rows came from (checkpoint, strategy, scoring, split) travels with them: `calibrate` reads it.
+        fp = json.loads((self.parts_dir / "manifest.json").read_text())
+        atomic_write_text(manifest_path(self.output), json.dumps({**fp, "n": n_rows}, indent=1, sort_keys=True))
         if not self.keep_parts:
             for f in self.parts_dir.iterdir():
                 f.unlink()

@@ -16,14 +16,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from diffclf.data.label_spaces import label_space_scores
-from diffclf.diffusion.losses import diffusion_loss, sample_timesteps
+from diffclf.data.label_spaces import label_space_logits, label_space_scores
+from diffclf.diffusion.losses import diffusion_loss, training_draws, training_generator, training_key
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer, ScoringOptions
 from diffclf.models.checkpoints import read_checkpoint
 from diffclf.models.dit import DiT, create_dit
 from diffclf.models.ema import ema_decay_at, make_ema, update_ema
-from diffclf.strategies import Classification, Exhaustive, Strategy
+from diffclf.strategies import Classification, Exhaustive, Prefilter, Strategy
 from diffclf.tasks.base import ClassifierTask, Scored, best_of_ids
 from diffclf.tasks.optim import LRSchedule, lr_factor
 
@@ -61,7 +61,10 @@ class DiffusionClassifier(ClassifierTask):
             ``--model.init_args.scoring.error l1``. ``compile`` fuses the small elementwise ops of
             narrow DiTs (1.36x forwards/s for DiT-T/4 on one CPU core); ``flip_views`` only suits
             models trained with random horizontal flips.
-        seed: the draws for an image depend only on this seed and the image's dataset index.
+        seed: the scoring draws of an image depend only on this seed and the image's dataset index; the
+            training draws (t, eps, class-dropout mask) of a step only on it, the rank and the step
+            (``diffclf.diffusion.losses.training_draws``: different on every rank, resume-exact).
+            ``seed_everything`` sets the initial weights.
         ci_level: level of the Clopper-Pearson interval reported by ``test``.
         results_dir: where ``test`` writes ``results.json`` (default: the logger's directory).
         results_file: a JSON Lines file every ``test`` run appends one record to.
@@ -71,6 +74,9 @@ class DiffusionClassifier(ClassifierTask):
         label: the model's name in results files and reports (default: the preset or checkpoint).
         class_names: names of the model's classes; taken from the training data when not given and
             kept in checkpoints (exported as diffusers ``id2label``).
+        calibration: a calibration file from ``diffclf calibrate`` (a temperature, or Platt scaling of the
+            calls spent, fitted on non-test images for this checkpoint, strategy and scoring) that maps
+            the ELBO logits to ``p(c|x)``; without it ``p(c|x)`` is their softmax (see :meth:`elbo_scale`).
     """
 
     weight_hparams: ClassVar[frozenset[str]] = frozenset({
@@ -113,6 +119,7 @@ class DiffusionClassifier(ClassifierTask):
         sample_cfg_scale: float = 1.0,
         label: str | None = None,
         class_names: list[str] | None = None,
+        calibration: str | None = None,
     ) -> None:
         super().__init__()
         # The scoring options are stored as a plain dict, so checkpoints load with weights_only.
@@ -205,14 +212,38 @@ class DiffusionClassifier(ClassifierTask):
             )
 
     # ------------------------------------------------------------------ training
+    def _training_key(self, batch_idx: int) -> tuple[int, ...]:
+        """The key of this micro-batch's training draws (``diffclf.diffusion.losses.training_key``).
+
+        Made of the model's ``seed``, the world size, this process's global rank, the optimizer step
+        (``global_step``) and the micro-batch's position within gradient accumulation. So ranks draw
+        different timesteps, eps and dropout masks (with the global RNG every rank drew the same: Lightning
+        seeds all ranks alike), a resumed run repeats the uninterrupted run's draws from its step on with no
+        RNG state saved, and ``seed_everything`` still decides the initial weights and the data order.
+        """
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+        micro = batch_idx % accumulate  # Lightning steps the optimizer after every ``accumulate`` batches
+        return training_key(self.hparams.seed, world, self.global_rank, self.global_step, micro)
+
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch
-        x0 = self.encode(images, sample=True)
+        key = self._training_key(batch_idx)
+        if self.codec is not None and not self.inputs_are_latents:
+            # As ``encode(images, sample=True)``, with the posterior sample drawn from this step's stream.
+            self.codec.to(images.device)
+            with torch.no_grad():
+                x0 = self.codec.encode_sample(images, training_generator(key, "posterior", images.device))
+        else:
+            x0 = self.encode(images, sample=True)
         self._check_input(x0)
-        t = sample_timesteps(x0.shape[0], self.schedule.num_timesteps, device=x0.device)
-        noise = torch.randn_like(x0)
+        dropout = self.dit.y_embedder.dropout_prob if self.dit.training else 0.0
+        t, noise, drop = training_draws(
+            key, x0.shape, self.schedule.num_timesteps, dropout, x0.device, x0.dtype
+        )
         x_t = self.schedule.q_sample(x0, t, noise)
-        out = self.dit(x_t, t, labels)  # label dropout to the null class happens inside (train mode)
+        out = self.dit(x_t, t, labels, force_drop_ids=drop)  # drop: label -> null class (None: no dropout)
         losses = diffusion_loss(out, x0, x_t, t, noise, self.schedule, self.hparams.learn_sigma)
         loss = losses["loss"]
         if not torch.isfinite(loss):
@@ -350,12 +381,15 @@ class DiffusionClassifier(ClassifierTask):
         return self._compiled_ema(x_t, t, y)
 
     def scorer(self) -> Scorer:
-        """The shared-noise scorer, sized for the strategy (rebuilt when the device or the strategy's draws change)."""
+        """The shared-noise scorer, sized for the strategy (rebuilt when the device or the strategy's draws
+        or draw order change)."""
+        order = self.strategy.draw_order
         stale = self._scorer is None or self._scorer.device != self.device
-        if stale or self._scorer.max_draws != self.strategy.max_draws:
+        if stale or self._scorer.max_draws != self.strategy.max_draws or not self._scorer.has_order(order):
             self._scorer = Scorer(
                 self._denoise, self.schedule, self.hparams.in_channels, max_draws=self.strategy.max_draws,
-                seed=self.hparams.seed, num_classes=self.hparams.num_classes, **self.scoring.scorer_kwargs(),
+                seed=self.hparams.seed, num_classes=self.hparams.num_classes, order=order,
+                **self.scoring.scorer_kwargs(),
             )
         return self._scorer
 
@@ -366,17 +400,51 @@ class DiffusionClassifier(ClassifierTask):
         x = self.encode(images, sample=False)
         self._check_input(x)
         maps = self.candidate_maps(x.device)
-        return self.strategy.classify(self.scorer(), x, index, maps.ids, images=images)
+        latent = self.codec is not None or self.inputs_are_latents
+        if self.inputs_are_latents and uses_pixels(self.strategy):
+            raise ValueError(
+                "model.strategy: a Prefilter classifies pixels but this data gives cached latents; "
+                "score the images through model.init_args.vae (the prefilter then sees the pixels) or drop the prefilter"
+            )
+        if not (self.scoring.flip_views and latent):
+            return self.strategy.classify(self.scorer(), x, index, maps.ids, images=images)
+        if self.inputs_are_latents:
+            raise ValueError(
+                "model.init_args.scoring.flip_views: the mirror image of cached latents is the encoding of the "
+                "mirrored pixels, which an evaluation split of the cache does not give; score the images through "
+                "model.init_args.vae or turn flip_views off"
+            )
+        # The mirror view of a latent model is the encoding of the mirrored image (the VAE is not
+        # flip-equivariant, and training saw encoded mirror images), not the mirrored latents.
+        scorer = self.scorer()
+        with scorer.mirrored_views(x, self.encode(images.flip(-1), sample=False)):
+            return self.strategy.classify(scorer, x, index, maps.ids, images=images)
+
+    def elbo_scale(self) -> float:
+        """Nats per unit of mean error: ``D * T / 2`` for ``D`` dimensions and ``T`` timesteps.
+
+        The eps error is a mean over the ``D = C*H*W`` dimensions and over timesteps drawn uniformly,
+        while the ELBO sums over both; Ho et al.'s simple loss drops the per-step weights, which equal
+        1/2 per dimension and step at small ``t`` (``beta_t / (2 sigma_t^2 alpha_t (1 - abar_t))`` with
+        ``sigma_t^2 = beta_t``). So ``-D T / 2 * err_c`` is ``log p(x|c)`` up to a constant in the units
+        of log-likelihood (Li et al. eq. 3 with those units kept), where the mean error alone gives
+        probabilities near uniform. The bound and its Monte Carlo estimate are not calibrated:
+        ``diffclf calibrate`` fits a temperature on top, on images that are not the test split.
+        """
+        hp = self.hparams
+        return hp.in_channels * hp.input_size * hp.input_size * self.schedule.num_timesteps / 2
 
     @torch.no_grad()
     def classify(self, images: Tensor, index: Tensor) -> Scored:
-        """Label-space scores (a class takes the best of its model ids), ``p(c|x)`` (a class sums its
-        ids' probabilities), and per class the best mean error and the most draws."""
+        """Label-space scores (a class takes the best of its model ids), logits of ``p(c|x)`` (ELBO gaps
+        to the prediction on shared draws, see :meth:`Classification.logits` and :meth:`elbo_scale`; a
+        class sums its ids' probabilities), and per class the best mean error and the most draws."""
         result = self.run_strategy(images, index)
         maps = self.candidate_maps(result.forwards.device)
+        logits = result.logits() * (self.elbo_scale() / self.scoring.temperature)
         return Scored(
             scores=label_space_scores(result.rank_scores(), maps.groups),
-            probs=result.probs(self.scoring.temperature) @ maps.member.T,
+            logits=label_space_logits(logits, maps.groups),
             forwards=result.forwards,
             columns={
                 "mean_error": best_of_ids(result.mean_error, maps.groups),
@@ -409,6 +477,14 @@ def _scoring_options(scoring: ScoringOptions | Mapping[str, Any] | None) -> Scor
         return scoring
     t_range = scoring.get("t_range")
     return ScoringOptions(**{**scoring, "t_range": tuple(t_range) if t_range is not None else None})
+
+
+def uses_pixels(strategy: Strategy) -> bool:
+    """Whether a strategy (or one it wraps) feeds the images to a pixel classifier (a ``Prefilter``)."""
+    if isinstance(strategy, Prefilter):
+        return True
+    inner = getattr(strategy, "inner", None)
+    return isinstance(inner, Strategy) and uses_pixels(inner)
 
 
 def per_index_noise(index: Tensor, shape: tuple[int, ...] | torch.Size, seed: int) -> Tensor:

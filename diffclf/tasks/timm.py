@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from diffclf.data.label_spaces import label_space_scores
+from diffclf.data.label_spaces import label_space_logits, label_space_scores
 from diffclf.models.classifiers import ImageClassifier, create_classifier
 from diffclf.tasks.base import Batch, ClassifierTask, Scored
 
@@ -39,6 +39,8 @@ class TimmClassifier(ClassifierTask):
         results_dir: where ``test`` writes ``results.json`` (default: the logger's directory).
         results_file: a JSON Lines file every ``test`` run appends one record to.
         label: the name the report gives this model (default: ``model_name``).
+        calibration: a calibration file from ``diffclf calibrate`` (a temperature fitted on non-test
+            images) that maps the logits to ``p(c|x)``; without it ``p(c|x)`` is their softmax.
     """
 
     weight_hparams: ClassVar[frozenset[str]] = frozenset({"model_name", "num_classes", "in_chans", "img_size", "model_kwargs"})
@@ -61,6 +63,7 @@ class TimmClassifier(ClassifierTask):
         results_dir: str | None = None,
         results_file: str | None = None,
         label: str | None = None,
+        calibration: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -120,9 +123,12 @@ class TimmClassifier(ClassifierTask):
         checkpoint["classifier_config"] = dict(self.model.config)
 
     def classify(self, images: Tensor, index: Tensor) -> Scored:
-        """One forward per image; ``p(c|x)`` is the softmax of the label-space logits."""
-        scores = self.scores(images)
-        return Scored(scores=scores, probs=scores.float().softmax(dim=1), forwards=torch.ones_like(index))
+        """One forward per image; a label-space class ranks by its best logit and takes the probability
+        of all its model ids."""
+        logits = self(images).float()
+        index = self.model_class_index(logits.device)
+        return Scored(scores=label_space_scores(logits, index), logits=label_space_logits(logits, index),
+                      forwards=torch.ones(images.shape[0], dtype=torch.long, device=logits.device))
 
     def result_context(self) -> dict[str, Any]:
         """Record fields of this run beside the metrics (see ``ClassifierTask.finish_test``)."""
