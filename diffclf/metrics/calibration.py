@@ -128,6 +128,8 @@ class Calibration:
             return scaled.float()
         if calls is None:
             raise ValueError("calibration method 'calls' needs the number of calls per image")
+        if logits.shape[1] == 1:
+            return torch.zeros_like(logits).float()
         a, b = self.platt
         z = a * torch.log(calls.double().clamp(min=1)).to(logits.device) + b
         pred = logits.argmax(dim=1, keepdim=True)
@@ -135,8 +137,6 @@ class Calibration:
         log_wrong = torch.nn.functional.logsigmoid(-z).unsqueeze(1)
         others = (logits / self.temperature).scatter(1, pred, -math.inf)
         rest = log_wrong + torch.log_softmax(others, dim=1)
-        if logits.shape[1] == 1:
-            return torch.zeros_like(logits).float()
         return rest.scatter(1, pred, log_right).float()
 
     def to_json(self) -> dict[str, Any]:

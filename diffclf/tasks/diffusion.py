@@ -424,9 +424,9 @@ class DiffusionClassifier(ClassifierTask):
         """Nats per unit of mean error: ``D * T / 2`` for ``D`` dimensions and ``T`` timesteps.
 
         The eps error is a mean over the ``D = C*H*W`` dimensions and over timesteps drawn uniformly,
-        while the ELBO sums over both; Ho et al.'s simple loss drops the per-step weights, which equal
-        1/2 per dimension and step at small ``t`` (``beta_t / (2 sigma_t^2 alpha_t (1 - abar_t))`` with
-        ``sigma_t^2 = beta_t``). So ``-D T / 2 * err_c`` is ``log p(x|c)`` up to a constant in the units
+        while the ELBO sums over both; Ho et al.'s simple loss gives every step the weight the bound gives
+        its first one, ``beta_1 / (2 sigma_1^2 alpha_1 (1 - abar_1)) = 1 / (2 alpha_1) ~ 1/2`` per dimension
+        (``sigma_t^2 = beta_t``). So ``-D T / 2 * err_c`` is ``log p(x|c)`` up to a constant in the units
         of log-likelihood (Li et al. eq. 3 with those units kept), where the mean error alone gives
         probabilities near uniform. The bound and its Monte Carlo estimate are not calibrated:
         ``diffclf calibrate`` fits a temperature on top, on images that are not the test split.
