@@ -1,9 +1,11 @@
 """``diffclf bench``: what the denoiser and the classifier cost on this machine.
 
-Reports raw denoiser forwards per second over batch sizes, analytic FLOPs per forward,
+Reports raw denoiser forwards per second over batch sizes, FLOPs per forward (analytic for a DiT, counted by
+``torch.utils.flop_counter`` for a text-to-image pipeline's UNet or transformer),
 achieved TFLOP/s (and % of a peak you pass), peak memory, the classification engine's
 throughput at the best batch size (the engine's overhead is the gap to raw), and seconds per
-image for each strategy. Works with random weights for any preset, or a trained checkpoint.
+image for each strategy. Works with random weights for any DiT preset, a trained checkpoint, or a local
+text-to-image pipeline folder (``--pipeline DIR``: SD 1.x/2.x or SD3, scored on prompt conditionings).
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ def time_strategy(
 ) -> tuple[float, float]:
     """(seconds per image, forwards per image) of classifying ``images`` with ``strategy``."""
     scorer = Scorer(
-        dit, schedule, dit.in_channels, max_draws=strategy.max_draws, batch_size=batch_size,
+        dit, schedule, images.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
         autocast_dtype=dtype, num_classes=dit.num_classes, order=strategy.draw_order,
     )
     index = torch.arange(images.shape[0], device=images.device)
@@ -82,6 +84,35 @@ def time_strategy(
     return elapsed / images.shape[0], float(result.forwards.float().mean())
 
 
+class PromptDenoiser(torch.nn.Module):
+    """A text-to-image pipeline's eps prediction on a table of prompt conditionings, with the DiT call signature
+    ``(x_t, t, rows)`` the bench and the scorer use."""
+
+    def __init__(self, pipeline: str, classes: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        from diffclf.models.text_to_image import TextToImageModel
+
+        self.t2i = TextToImageModel(pipeline, dtype=dtype)
+        self.cond = self.t2i.encode_prompts([f"a photo of a class {i}." for i in range(classes)])
+        self.num_classes = classes
+        self.schedule = self.t2i.schedule
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.cond.hidden.device != x_t.device or self.cond.hidden.dtype != self.t2i.dtype:
+            self.cond = self.cond.to(x_t.device, self.t2i.dtype)
+        return self.t2i.eps(x_t, t, self.cond, rows)
+
+
+def counted_flops(model: torch.nn.Module, shape: tuple[int, int, int], num_classes: int, device: torch.device) -> float:
+    """FLOPs of one forward of one input, counted by ``torch.utils.flop_counter`` (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, *shape, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.full((1,), 500, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    return float(counter.get_total_flops())
+
+
 def bench(
     model: str = "DiT-S/2",
     input_size: int = 32,
@@ -90,6 +121,8 @@ def bench(
     learn_sigma: bool = True,
     ckpt_path: str | None = None,
     pretrained: str | None = None,
+    pipeline: str | None = None,
+    image_size: int = 512,
     batch_sizes: list[int] | None = None,
     precision: Literal["32", "bf16"] = "32",
     compile: bool = False,
@@ -110,6 +143,9 @@ def bench(
         input_size, in_channels, num_classes, learn_sigma: the preset's input and head.
         ckpt_path: a ``fit`` checkpoint to bench instead of random weights.
         pretrained: DiT weights to bench: an original facebookresearch/DiT ``.pt`` or a diffusers folder.
+        pipeline: a local text-to-image pipeline folder (SD 1.x/2.x, SD3) to bench instead of a DiT: its
+            denoiser on ``classes`` prompt conditionings, at ``image_size`` pixels (latents 8× smaller).
+        image_size: image side for ``pipeline`` (512: SD 2.0-base in the paper).
         batch_sizes: denoiser batch sizes to try (default 1, 8, 32, 128, 512).
         precision: ``bf16`` runs under autocast.
         compile: wrap the denoiser in ``torch.compile``.
@@ -129,19 +165,29 @@ def bench(
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     dtype = torch.bfloat16 if precision == "bf16" else None
-    if ckpt_path:
-        from diffclf.tasks.checkpoints import load_task
-
-        dit = load_task(ckpt_path, map_location=str(dev)).ema
-    elif pretrained:
-        from diffclf.models.formats import load_dit
-
-        dit = load_dit(pretrained)
+    schedule = NoiseSchedule()
+    if pipeline:
+        dit = PromptDenoiser(pipeline, classes or 10, torch.float32).to(dev).eval()
+        schedule = dit.schedule
+        shape = dit.t2i.latent_shape(image_size)
+        flops = counted_flops(dit, shape, dit.num_classes, dev)
+        config = {"pipeline": dit.t2i.pipeline, "image_size": image_size, "latent_shape": list(shape)}
     else:
-        dit = create_dit(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes, learn_sigma=learn_sigma)
-    dit = dit.to(dev).eval()
-    shape = (dit.in_channels, dit.input_size, dit.input_size)
-    flops = dit_flops(dit.config)
+        if ckpt_path:
+            from diffclf.tasks.checkpoints import load_task
+
+            dit = load_task(ckpt_path, map_location=str(dev)).ema
+        elif pretrained:
+            from diffclf.models.formats import load_dit
+
+            dit = load_dit(pretrained)
+        else:
+            dit = create_dit(model, input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+                             learn_sigma=learn_sigma)
+        dit = dit.to(dev).eval()
+        shape = (dit.in_channels, dit.input_size, dit.input_size)
+        flops = dit_flops(dit.config)
+        config = dit.config
     runner = torch.compile(dit) if compile else dit
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -162,7 +208,6 @@ def bench(
     class_ids = torch.arange(k, device=dev)
     gen = torch.Generator().manual_seed(0)
     imgs = torch.randn(images, *shape, generator=gen).to(dev)
-    schedule = NoiseSchedule()
     trials = max(engine_trials, -(-8 * best["batch"] // (images * k)))  # at least 8 full batches
     engine_sec, engine_fwd = time_strategy(
         Exhaustive(trials=trials), runner, schedule, imgs, class_ids, best["batch"], dtype
@@ -177,8 +222,8 @@ def bench(
         per_strategy[spec] = {"seconds_per_image": sec, "forwards_per_image": fwd}
         print(f"strategy {spec:20s}: {sec:8.3f} s/image  {fwd:9.0f} forwards/image  ({k} classes)")
     result = {
-        "model": ckpt_path or pretrained or model,
-        "config": dit.config,
+        "model": pipeline or ckpt_path or pretrained or model,
+        "config": config,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else machine()["device"],
         "precision": precision,
         "compile": compile,

@@ -61,7 +61,7 @@ Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
 DESIGNS = ("even", "stratified", "uniform")
 NOISES = ("per_image", "shared")
 ERRORS = ("l2", "l1")
-WEIGHTINGS = ("none", "exp")
+WEIGHTINGS = ("none", "exp", "velocity")
 
 _MASK64 = (1 << 64) - 1
 _STREAM_T = 1
@@ -154,7 +154,8 @@ class ScoringOptions:
             ``uniform`` (iid), over ``t_range``.
         noise: ``per_image`` draws from ``(seed, index)``; ``shared`` one bank from ``seed`` (DiT paper).
         error: ``l2`` (mean squared) or ``l1`` (mean absolute) over C, H, W.
-        weighting: ``none``, or ``exp``: Clark & Jaini's x0-space ``exp(-rate t/T)``.
+        weighting: ``none`` (the eps error), ``exp``: Clark & Jaini's x0-space ``exp(-rate t/T)``, or
+            ``velocity``: the error of the velocity ``v = a_t eps - b_t x0`` (rectified flow: ``eps - x0``).
         weight_rate: the ``rate`` of ``exp`` weighting.
         t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)`` (default ``[0, T)``).
         flip_views: half of the draws see the image mirrored left-right (models trained with flips only).
@@ -167,7 +168,7 @@ class ScoringOptions:
     design: Literal["even", "stratified", "uniform"] = "even"
     noise: Literal["per_image", "shared"] = "per_image"
     error: Literal["l2", "l1"] = "l2"
-    weighting: Literal["none", "exp"] = "none"
+    weighting: Literal["none", "exp", "velocity"] = "none"
     weight_rate: float = 7.0
     t_range: tuple[int, int] | None = None
     flip_views: bool = False
@@ -220,6 +221,9 @@ class Scorer:
         weighting: ``none``, or ``exp``: Clark & Jaini's ``exp(-rate t/T)`` on the x0-space error. As
             ``x0 - x0_hat = (eps_hat - eps) / sqrt(SNR(t))``, that is ``exp(-rate t/T) / SNR(t)`` on the
             squared (``l2``) eps error and ``exp(-rate t/T) / sqrt(SNR(t))`` on the absolute (``l1``) one.
+            ``velocity``: the error of the velocity ``v = a_t eps - b_t x0`` of a path ``x_t = a_t x0 + b_t eps``
+            (``v - v_hat = (eps - eps_hat) / a_t`` for both DDPM's v and rectified flow's ``eps - x0``), i.e.
+            ``1 / a_t^2`` on the squared error and ``1 / a_t`` on the absolute one (0 where ``a_t = 0``).
         weight_rate: the ``rate`` of ``exp`` weighting.
         t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)``.
         flip_views: half of the draws see the image mirrored left-right (only for models trained
@@ -237,6 +241,12 @@ class Scorer:
             image when ``k`` (not its position) has an odd number of set bits: every run of consecutive
             draws is split in half to within two draws, so each stage is, and as a stage's timesteps
             ascend with ``k``, so is every stretch of them.
+        variants: conditionings per candidate (prompt templates scored in error space): draw ``k`` of
+            candidate ``c`` is conditioned on row ``c * variants + k % variants`` of the denoiser's table, so the
+            mean over draws averages the variants' errors at no extra cost, and every candidate of an image
+            sees the same variant on the same draw (still a paired comparison).
+        noise_bank: ``(n, C, H, W)`` noise, draw ``k`` = row ``k`` for every image (the official
+            Diffusion Classifier's ``--noise_path`` file), instead of drawing it from the seed.
     """
 
     def __init__(
@@ -258,6 +268,8 @@ class Scorer:
         seed: int = 0,
         num_classes: int | None = None,
         order: list[int] | None = None,
+        variants: int = 1,
+        noise_bank: Tensor | None = None,
     ) -> None:
         for name, value, allowed in (
             ("design", design, DESIGNS),
@@ -295,6 +307,16 @@ class Scorer:
         self.autocast_dtype = autocast_dtype
         self.seed = int(seed)
         self.num_classes = int(num_classes)
+        if variants < 1:
+            raise ValueError(f"variants must be >= 1, got {variants}")
+        self.variants = int(variants)
+        if noise_bank is not None:
+            if noise_bank.dim() != 4 or noise_bank.shape[0] < self.max_draws:
+                raise ValueError(
+                    f"the noise bank must be (n >= {self.max_draws} draws, C, H, W), got {tuple(noise_bank.shape)}"
+                )
+            noise_bank = noise_bank.detach().float().cpu()
+        self.noise_bank = noise_bank
         default = spread_order(self.max_draws)
         if order is None:
             order = default
@@ -349,6 +371,12 @@ class Scorer:
                 # The eps error in x0 units: |x0 - x0_hat| = |eps - eps_hat| / sqrt(SNR) (DDPM eq. 15 inverted).
                 scale = snr if self.error == "l2" else snr.sqrt()
                 weights = torch.exp(-self.weight_rate * t / s.num_timesteps) / scale
+            elif self.weighting == "velocity":
+                # v - v_hat = (eps - eps_hat) / a_t for x_t = a_t x0 + b_t eps with v = a_t eps - b_t x0 (VP) or
+                # v = eps - x0 (rectified flow, a_t + b_t = 1); a_t = 0 (pure noise) carries no information.
+                a = s.sqrt_alphas_cumprod
+                scale = a.square() if self.error == "l2" else a
+                weights = torch.where(a > 0, 1.0 / scale.clamp(min=1e-300), torch.zeros_like(a))
             else:
                 weights = torch.ones(s.num_timesteps, dtype=torch.float64)
             self._device_tables[device] = tuple(
@@ -403,6 +431,12 @@ class Scorer:
         """``(B, stop-start, *shape)`` fp32 CPU noise of draws ``[start, stop)`` of each dataset index."""
         self._check_range(start, stop)
         shape = tuple(shape)
+        if self.noise_bank is not None:
+            if tuple(self.noise_bank.shape[1:]) != shape:
+                raise ValueError(
+                    f"the noise bank's draws are {tuple(self.noise_bank.shape[1:])} but the inputs are {shape}"
+                )
+            return self.noise_bank[start:stop].unsqueeze(0).expand(len(index), -1, *shape).clone()
         if self.noise_mode == "shared":
             bank = torch.empty(stop - start, *shape)
             self._draw_eps(_SHARED_KEY, start, stop, shape, bank)
@@ -510,7 +544,7 @@ class Scorer:
         row_of[used] = torch.arange(len(used))
         used_index = index.cpu()[used]
         shape = tuple(x.shape[1:])
-        shared = self.noise_mode == "shared"
+        shared = self.noise_mode == "shared" or self.noise_bank is not None
         eps = (
             self.noise(used_index[:1], start, stop, shape)[0]
             if shared
@@ -544,8 +578,9 @@ class Scorer:
             e = eps[k] if shared else eps[r, k]
             x0 = xf[b] if mirrored is None else torch.where(mirrored[k].view(-1, 1, 1, 1), x_mirror[b], xf[b])
             x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * e
+            y = cand[b, m] if self.variants == 1 else cand[b, m] * self.variants + (k + start) % self.variants
             with autocast:
-                out = self.denoise(x_t, t, cand[b, m])
+                out = self.denoise(x_t, t, y)
             if out.shape[1] < C:
                 raise ValueError(f"the denoiser returned {out.shape[1]} channels, fewer than in_channels={C}")
             diff = out[:, :C].float() - e

@@ -1,6 +1,6 @@
 """Test-run records: one flat JSON object per ``test`` run, and their files.
 
-Every ``test`` (generative or discriminative) produces one record with the fields in
+Every ``test`` (generative, discriminative or contrastive) produces one record with the fields in
 :data:`REQUIRED_FIELDS`. It is written as ``results.json`` (one record, replaced atomically) and
 appended to a JSON Lines results file that collects many runs; the report reads either. Records
 carry ``schema_version`` so that a report never silently mixes files written under another schema.
@@ -21,7 +21,7 @@ from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.metrics.provenance import repo_commit, utc_now
 
 SCHEMA_VERSION = 1
-KINDS = ("generative", "discriminative")
+KINDS = ("generative", "discriminative", "contrastive")
 # Every field a record can have, in the order results files show them: (name, required, may be null).
 # The one list of record fields: what is required, what may be null and the order all come from it.
 RECORD_FIELDS: tuple[tuple[str, bool, bool], ...] = (

@@ -240,8 +240,9 @@ def plot_effective_robustness(
 
     Accuracy tick labels on logit-scaled axes; the baseline fitted over discriminative models (solid),
     ``y = x`` (dashed), Clopper-Pearson error bars at ``level`` on both axes, generative models as
-    labelled red stars. Models kept out of a fit (``kept_out``, e.g. the reference of a filtered set at
-    ~0% by construction) are named in the panel instead of drawn: plotted, they would set the axis range.
+    labelled red stars, contrastive ones (zero-shot CLIP) as labelled green diamonds. Models kept out of a
+    fit (``kept_out``, e.g. the reference of a filtered set at ~0% by construction) are named in the panel
+    instead of drawn: plotted, they would set the axis range.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
@@ -285,6 +286,7 @@ def plot_effective_robustness(
         for kind, style in (
             ("discriminative", {"fmt": "o", "color": "tab:blue", "ms": 5}),
             ("generative", {"fmt": "*", "color": "tab:red", "ms": 13}),
+            ("contrastive", {"fmt": "D", "color": "tab:green", "ms": 7}),
         ):
             k = g[g["kind"] == kind]
             if not len(k):
@@ -308,7 +310,7 @@ def plot_effective_robustness(
                 label=kind,
                 **style,
             )
-            if kind == "generative":
+            if kind != "discriminative":
                 for name, px, py in zip(k["model"], cx, cy):
                     ax.annotate(
                         str(name),
@@ -316,7 +318,7 @@ def plot_effective_robustness(
                         textcoords="offset points",
                         xytext=(6, -10),
                         fontsize=8,
-                        color="tab:red",
+                        color=style["color"],
                     )
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)

@@ -62,7 +62,8 @@ def vae_fingerprint(path: str | Path) -> str:
 
 
 class LatentCodec(nn.Module):
-    """Frozen VAE: ``encode_mean`` / ``encode_sample`` / ``decode`` between images in [-1, 1] and scaled latents.
+    """Frozen VAE: ``encode_mean`` / ``encode_sample`` / ``decode`` between images in [-1, 1] and scaled latents
+    (``(z - shift_factor) * scaling_factor``; the shift is 0 but for SD3's VAE).
 
     The VAE's weights are kept out of ``state_dict()`` (they are frozen and reloaded from the VAE folder
     that the owner records), so checkpoints do not carry ~330 MB of SD-VAE each; loading a state dict
@@ -79,6 +80,8 @@ class LatentCodec(nn.Module):
         if scaling_factor is None:
             scaling_factor = getattr(vae.config, "scaling_factor", None) or DEFAULT_SCALING_FACTOR
         self.scaling_factor = float(scaling_factor)
+        # SD3's VAE centres its latents before scaling: latents = (z - shift_factor) * scaling_factor.
+        self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.image_channels = int(vae.config.in_channels)
         self.latent_channels = int(vae.config.latent_channels)
         self.register_state_dict_post_hook(_drop_vae_weights)
@@ -104,22 +107,22 @@ class LatentCodec(nn.Module):
     def encode_moments(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Posterior mean and standard deviation, both × scale (a sample is ``mean + std * eps``)."""
         posterior = self.vae.encode(self._prepare(images)).latent_dist
-        return posterior.mean * self.scaling_factor, posterior.std * self.scaling_factor
+        return (posterior.mean - self.shift_factor) * self.scaling_factor, posterior.std * self.scaling_factor
 
     @torch.no_grad()
     def encode_mean(self, images: Tensor) -> Tensor:
         """Posterior mean × scale: deterministic latents for classification."""
-        return self.vae.encode(self._prepare(images)).latent_dist.mean * self.scaling_factor
+        return (self.vae.encode(self._prepare(images)).latent_dist.mean - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def encode_sample(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Posterior sample × scale: the training target, as in DiT's ``train.py``."""
-        return self.vae.encode(self._prepare(images)).latent_dist.sample(generator) * self.scaling_factor
+        return (self.vae.encode(self._prepare(images)).latent_dist.sample(generator) - self.shift_factor) * self.scaling_factor
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Scaled latents → images (roughly [-1, 1]) with the VAE's channels."""
-        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor).sample
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scaling_factor + self.shift_factor).sample
 
 
 def _drop_vae_weights(

@@ -91,7 +91,8 @@ class ClassifierTask(LightningModule):
     # Hyperparameters a checkpoint's weights fix (architecture, classes, noise schedule): a checkpoint
     # given with --ckpt_path imposes these and nothing else.
     weight_hparams: ClassVar[frozenset[str]] = frozenset({"num_classes"})
-    # "generative" or "discriminative": the report fits the effective-robustness line on the latter.
+    # "generative", "discriminative" or "contrastive" (zero-shot CLIP): the report fits the effective-robustness
+    # line on discriminative models only.
     kind: ClassVar[str] = "generative"
 
     def __init__(self) -> None:

@@ -24,7 +24,7 @@ from diffclf.models.checkpoints import read_checkpoint
 from diffclf.models.dit import DiT, create_dit
 from diffclf.models.ema import ema_decay_at, make_ema, update_ema
 from diffclf.strategies import Classification, Exhaustive, Prefilter, Strategy
-from diffclf.tasks.base import ClassifierTask, Scored, best_of_ids
+from diffclf.tasks.base import CandidateMaps, ClassifierTask, Scored, best_of_ids
 from diffclf.tasks.optim import LRSchedule, lr_factor
 
 # Hyperparameters that decide whether one DiT's weights fit another (``init_from`` checks them).
@@ -123,7 +123,7 @@ class DiffusionClassifier(ClassifierTask):
     ) -> None:
         super().__init__()
         # The scoring options are stored as a plain dict, so checkpoints load with weights_only.
-        self.scoring = _scoring_options(scoring)
+        self.scoring = scoring_options(scoring)
         self.save_hyperparameters(ignore=["strategy", "scoring"])
         self.hparams["scoring"] = asdict(self.scoring)
         if not 0.0 <= class_dropout_prob < 1.0:
@@ -440,17 +440,7 @@ class DiffusionClassifier(ClassifierTask):
         to the prediction on shared draws, see :meth:`Classification.logits` and :meth:`elbo_scale`; a
         class sums its ids' probabilities), and per class the best mean error and the most draws."""
         result = self.run_strategy(images, index)
-        maps = self.candidate_maps(result.forwards.device)
-        logits = result.logits() * (self.elbo_scale() / self.scoring.temperature)
-        return Scored(
-            scores=label_space_scores(result.rank_scores(), maps.groups),
-            logits=label_space_logits(logits, maps.groups),
-            forwards=result.forwards,
-            columns={
-                "mean_error": best_of_ids(result.mean_error, maps.groups),
-                "num_draws": label_space_scores(result.num_draws, maps.groups),
-            },
-        )
+        return elbo_scored(result, self.candidate_maps(result.forwards.device), self.elbo_scale() / self.scoring.temperature)
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
@@ -469,7 +459,22 @@ class DiffusionClassifier(ClassifierTask):
         }
 
 
-def _scoring_options(scoring: ScoringOptions | Mapping[str, Any] | None) -> ScoringOptions:
+def elbo_scored(result: Classification, maps: CandidateMaps, scale: float) -> Scored:
+    """A strategy's result over candidate ids as label-space scores: a class ranks by the best of its ids,
+    its logit of ``p(c|x)`` is ``scale`` × the paired ELBO gaps of its ids, log-sum-exp'ed (the probability of
+    all of them), and ``predict`` rows get each class's best mean error and most draws."""
+    return Scored(
+        scores=label_space_scores(result.rank_scores(), maps.groups),
+        logits=label_space_logits(result.logits() * scale, maps.groups),
+        forwards=result.forwards,
+        columns={
+            "mean_error": best_of_ids(result.mean_error, maps.groups),
+            "num_draws": label_space_scores(result.num_draws, maps.groups),
+        },
+    )
+
+
+def scoring_options(scoring: ScoringOptions | Mapping[str, Any] | None) -> ScoringOptions:
     """Options given as the dataclass, as a mapping (a checkpoint's saved hyperparameters), or not at all."""
     if scoring is None:
         return ScoringOptions()
