@@ -28,6 +28,8 @@ def test_the_wheel_ships_every_preset_and_the_console_script(wheel: Path) -> Non
     names = set(zipfile.ZipFile(wheel).namelist())
     presets = {f"diffclf/configs/{p.relative_to(CONFIG_DIR).as_posix()}" for p in CONFIG_DIR.rglob("*.yaml")}
     assert len(presets) > 30 and presets <= names, sorted(presets - names)[:5]
+    prompts = {f"diffclf/configs/{p.relative_to(CONFIG_DIR).as_posix()}" for p in CONFIG_DIR.rglob("*.txt")}
+    assert "diffclf/configs/prompts/names/imagenet_clip.txt" in prompts and prompts <= names, sorted(prompts - names)[:5]
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "diffclf = diffclf.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -330,16 +330,21 @@ def test_sd_zero_shot_config_runs_end_to_end(strategy: str, sd_dir: Path, cifar:
         assert 30 <= record["forwards_per_image"] <= 60
 
 
-def test_sd3_flow_config_runs_end_to_end(sd3_dir: Path, cifar: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_sd3_flow_config_runs_end_to_end(strategy: str, sd3_dir: Path, cifar: Path, tmp_path: Path) -> None:
     main(["test", "--config", str(REPO / "configs" / "sd3_zero_shot.yaml"), "--data.init_args.root", str(cifar),
           "--data.init_args.image_size", "32", "--data.init_args.num_workers", "0",
           "--model.init_args.pretrained", str(sd3_dir), "--trainer.default_root_dir", str(tmp_path / "run"),
           "--trainer.accelerator", "cpu", "--model.init_args.text_cache", str(tmp_path / "cache.st"),
           "--model.init_args.results_file", str(tmp_path / "results.jsonl"),
-          "--model.init_args.strategy.init_args.trials", "[4, 8]"])
+          "--model.init_args.strategy.init_args.trials", "[4, 8]", *STRATEGIES[strategy]])
     record = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert record["n"] == 10 and record["pipeline"] == "StableDiffusion3Pipeline"
-    assert record["prediction_type"] == "flow" and record["forwards_per_image"] == 10 * 4 + 5 * 4
+    assert record["n"] == 10 and record["pipeline"] == "StableDiffusion3Pipeline" and record["prediction_type"] == "flow"
+    expected = {"adaptive": 10 * 4 + 5 * 4, "exhaustive": 40}
+    if strategy in expected:
+        assert record["forwards_per_image"] == expected[strategy]
+    else:
+        assert 30 <= record["forwards_per_image"] <= 60
 
 
 def test_match_scores_free_captions_on_draws_fixed_by_the_key(sd_dir: Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from diffclf.configs import load_preset
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
-from diffclf.metrics.provenance import machine, repo_commit, utc_now
+from diffclf.metrics.provenance import provenance
 from diffclf.models.dit import DiT, create_dit, dit_flops
 from diffclf.strategies import Exhaustive, Strategy
 
@@ -224,7 +224,6 @@ def bench(
     result = {
         "model": pipeline or ckpt_path or pretrained or model,
         "config": config,
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else machine()["device"],
         "precision": precision,
         "compile": compile,
         "flops_per_forward": flops,
@@ -240,9 +239,7 @@ def bench(
         "classes": k,
         "strategies": per_strategy,
         "peak_memory_mb": _peak_memory_mb(dev),
-        "torch": torch.__version__,
-        "commit": repo_commit(),
-        "date": utc_now(),
+        **provenance(dev),
     }
     print(f"{flops / 1e9:.2f} GFLOPs per forward, peak memory {result['peak_memory_mb']:.0f} MB")
     if out:

@@ -21,7 +21,9 @@ COMMANDS: dict[str, str] = {
     "report": "diffclf.metrics.report:run_report",
     "merge": "diffclf.metrics.predictions:merge_predictions",
     "build-shift": "diffclf.data.shifts:build_shift",
+    "build-scenes": "diffclf.cli.build_scenes:build_scenes",
     "cache-latents": "diffclf.cli.cache_latents:cache_latents",
+    "compositional": "diffclf.cli.compositional:compositional",
 }
 
 

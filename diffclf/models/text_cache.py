@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor
 
 _KEY = "diffclf_text_cache"
@@ -68,7 +67,8 @@ def cached_embeddings(
             if got != want:
                 raise ValueError(f"text cache {path} holds embeddings of {_describe_difference(got, key)}; "
                                  "delete it or set model.init_args.text_cache to another file")
-            return {name: fh.get_tensor(name) for name in fh.keys()}, True
+            # safetensors' handle has keys() but no __iter__
+            return {name: fh.get_tensor(name) for name in fh.keys()}, True  # noqa: SIM118
     values = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")

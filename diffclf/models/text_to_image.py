@@ -83,7 +83,8 @@ def _load_component(folder: Path, name: str, spec: tuple[str | None, str | None]
         return cls.from_pretrained(path)
     # Cast after loading: the dtype argument's name differs across transformers/diffusers versions.
     kwargs = {"low_cpu_mem_usage": False} if library == "diffusers" else {}
-    return cls.from_pretrained(path, **kwargs).to(dtype).eval().requires_grad_(False)
+    model = cls.from_pretrained(path, **kwargs)
+    return (model if dtype == torch.float32 else model.to(dtype)).eval().requires_grad_(False)
 
 
 def read_schedule(scheduler: Any, folder: Path) -> tuple[NoiseSchedule | FlowSchedule, str]:

@@ -6,6 +6,16 @@ from diffclf.tasks.base import ClassifierTask, Scored
 from diffclf.tasks.clip import ClipClassifier
 from diffclf.tasks.diffusion import DiffusionClassifier
 from diffclf.tasks.text_diffusion import TextDiffusionClassifier
+from diffclf.tasks.text_dit import ContrastiveClassifier, TextDiTClassifier
 from diffclf.tasks.timm import TimmClassifier
 
-__all__ = ["ClassifierTask", "ClipClassifier", "DiffusionClassifier", "Scored", "TextDiffusionClassifier", "TimmClassifier"]
+__all__ = [
+           "ClassifierTask",
+           "ClipClassifier",
+           "ContrastiveClassifier",
+           "DiffusionClassifier",
+           "Scored",
+           "TextDiTClassifier",
+           "TextDiffusionClassifier",
+           "TimmClassifier",
+]

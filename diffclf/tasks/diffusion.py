@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from diffclf.data.label_spaces import label_space_logits, label_space_scores
@@ -221,11 +222,7 @@ class DiffusionClassifier(ClassifierTask):
         seeds all ranks alike), a resumed run repeats the uninterrupted run's draws from its step on with no
         RNG state saved, and ``seed_everything`` still decides the initial weights and the data order.
         """
-        trainer = self._trainer
-        world = trainer.world_size if trainer is not None else 1
-        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
-        micro = batch_idx % accumulate  # Lightning steps the optimizer after every ``accumulate`` batches
-        return training_key(self.hparams.seed, world, self.global_rank, self.global_step, micro)
+        return step_training_key(self, self.hparams.seed, batch_idx)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, _ = batch
@@ -268,24 +265,10 @@ class DiffusionClassifier(ClassifierTask):
             state.update({"dit." + k[len("ema."):]: v.clone() for k, v in list(state.items()) if k.startswith("ema.")})
 
     def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(self.current_epoch)
+        set_data_epoch(self)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        params = [p for p in self.dit.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        if hp.warmup_steps <= 0 and hp.lr_schedule == "constant":
-            return opt
-        total = self.trainer.estimated_stepping_batches if hp.lr_schedule == "cosine" else 0
-        if hp.lr_schedule == "cosine" and not 0 < total < float("inf"):
-            raise ValueError("model.lr_schedule=cosine needs a finite trainer.max_steps or trainer.max_epochs")
-        total = int(total)
-        args = (hp.warmup_steps, total, hp.lr_schedule, hp.lr_final_ratio)
-        lr_factor(0, *args)  # validates the options before any training
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, *args))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return scheduled_adamw(self, [p for p in self.dit.parameters() if p.requires_grad])
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
@@ -457,6 +440,39 @@ class DiffusionClassifier(ClassifierTask):
             "results_dir": hp.results_dir,
             "results_file": hp.results_file,
         }
+
+
+def step_training_key(module: LightningModule, seed: int, batch_idx: int) -> tuple[int, ...]:
+    """The key of a micro-batch's training draws: seed, world size, global rank, optimizer step and the
+    micro-batch's place within gradient accumulation (``diffclf.diffusion.losses.training_key``)."""
+    trainer = module._trainer
+    world = trainer.world_size if trainer is not None else 1
+    accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
+    micro = batch_idx % accumulate  # Lightning steps the optimizer after every ``accumulate`` batches
+    return training_key(seed, world, module.global_rank, module.global_step, micro)
+
+
+def set_data_epoch(module: LightningModule) -> None:
+    """Tell the data module the epoch (its distributed training sampler's shuffle, caption rotation)."""
+    dm = getattr(module.trainer, "datamodule", None)
+    if dm is not None and hasattr(dm, "set_epoch"):
+        dm.set_epoch(module.current_epoch)
+
+
+def scheduled_adamw(module: LightningModule, params: list[torch.nn.Parameter]) -> Any:
+    """AdamW with the module's ``lr``, ``weight_decay``, ``betas``, a linear warmup of ``warmup_steps``, then a
+    constant rate (DiT's) or a cosine to ``lr * lr_final_ratio`` by the trainer's last step."""
+    hp = module.hparams
+    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+    if hp.warmup_steps <= 0 and hp.lr_schedule == "constant":
+        return opt
+    total = module.trainer.estimated_stepping_batches if hp.lr_schedule == "cosine" else 0
+    if hp.lr_schedule == "cosine" and not 0 < total < float("inf"):
+        raise ValueError("model.lr_schedule=cosine needs a finite trainer.max_steps or trainer.max_epochs")
+    args = (hp.warmup_steps, int(total), hp.lr_schedule, hp.lr_final_ratio)
+    lr_factor(0, *args)  # validates the options before any training
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, *args))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 def elbo_scored(result: Classification, maps: CandidateMaps, scale: float) -> Scored:

@@ -15,7 +15,6 @@ class (templates) are combined in one of three ways (``combine``):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,18 +22,19 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from diffclf.diffusion.scoring import Scorer, ScoringOptions
+from diffclf.diffusion.schedule import FlowSchedule, NoiseSchedule
+from diffclf.diffusion.scoring import Denoiser, Scorer, ScoringOptions
 from diffclf.models.text_cache import cached_embeddings
 from diffclf.models.text_to_image import Conditioning, PredictionType, TextToImageModel, read_noise_bank
 from diffclf.strategies import Exhaustive, Strategy
 from diffclf.tasks.base import Scored
 from diffclf.tasks.diffusion import describe_strategy, elbo_scored, scoring_options, uses_pixels
-from diffclf.tasks.zero_shot import PromptedTask, check_captions
+from diffclf.tasks.zero_shot import DenoisingPromptedTask
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class TextDiffusionClassifier(PromptedTask):
+class TextDiffusionClassifier(DenoisingPromptedTask):
     """Zero-shot classification with a local Stable Diffusion (1.x/2.x) or SD3 (rectified flow) pipeline folder.
 
     Args:
@@ -105,14 +105,6 @@ class TextDiffusionClassifier(PromptedTask):
         self.text_cache_hit: bool | None = None
 
     # ------------------------------------------------------------------ prompts → conditionings
-    def rows_per_class(self) -> list[int]:
-        if self.hparams.combine == "best":
-            return super().rows_per_class()
-        if self.hparams.combine == "error" and self.prompts.per_class is None:
-            raise ValueError("model.init_args.combine error needs as many prompts for every class (templates); "
-                             "this prompt file has uneven rows: use combine best or embedding")
-        return [1] * len(self.prompts.prompts)
-
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if self.hparams.dtype == "auto" and self.trainer.strategy.root_device.type == "cuda":
@@ -128,11 +120,6 @@ class TextDiffusionClassifier(PromptedTask):
             starts = [sum(len(g) for g in self.prompts.prompts[:k]) for k in range(len(self.prompts.prompts))]
             table = table.merged([range(s, s + len(g)) for s, g in zip(starts, self.prompts.prompts)])
         self.cond, self._cond_on, self._scorer = table, None, None
-
-    @property
-    def variants(self) -> int:
-        """Conditioning rows the scorer cycles through per candidate (templates in error space)."""
-        return self.prompts.per_class if self.hparams.combine == "error" else 1
 
     # ------------------------------------------------------------------ scoring
     def _denoise(self, x_t: Tensor, t: Tensor, rows: Tensor) -> Tensor:
@@ -176,23 +163,16 @@ class TextDiffusionClassifier(PromptedTask):
         result = self.strategy.classify(self.scorer(shape), x, index, maps.ids, images=images)
         return elbo_scored(result, maps, self.elbo_scale(shape) / self.scoring.temperature)
 
-    @torch.no_grad()
-    def match(self, images: Tensor, captions: Sequence[Sequence[str]], keys: Tensor, draws: int | None = None) -> Tensor:
-        """``(B, M)`` image-caption scores, minus the mean eps error of image ``b`` under each of its captions, every
-        caption on the same ``draws`` draws (default: the strategy's ``max_draws``; Li et al. score Winoground on
-        1000 even timesteps). The draws depend on ``keys`` (``(B,)``), so the two images of a Winoground example,
-        given one key, are scored on the same noise and timesteps too."""
-        check_captions(captions, len(images))
-        flat = sorted({c for group in captions for c in group})
-        cond = self.t2i.encode_prompts(flat).to(images.device, self.t2i.dtype)
-        x = self.t2i.encode_images(images)
-        rows = torch.tensor([[flat.index(c) for c in group] for group in captions], device=x.device)
-        n = int(draws or self.strategy.max_draws)
-        scorer = Scorer(lambda x_t, t, r: self.t2i.eps(x_t, t, cond, r), self.t2i.schedule, x.shape[1],
-                        max_draws=n, seed=self.hparams.seed, num_classes=len(flat), **self.scoring.scorer_kwargs())
-        table = scorer.new_table(x, rows)
-        scorer.score(table, x, keys.to(x.device), 0, n)
-        return -table.mean_error()
+    @property
+    def match_schedule(self) -> NoiseSchedule | FlowSchedule:
+        return self.t2i.schedule
+
+    def model_inputs(self, images: Tensor) -> Tensor:
+        return self.t2i.encode_images(images)
+
+    def caption_denoiser(self, captions: list[str], device: torch.device) -> Denoiser:
+        cond = self.t2i.encode_prompts(captions).to(device, self.t2i.dtype)
+        return lambda x_t, t, rows: self.t2i.eps(x_t, t, cond, rows)
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from diffclf.data.label_spaces import LabelSpace
+from diffclf.diffusion.scoring import Denoiser, Scorer
 from diffclf.models.prompts import Prompts, build_prompts, dataset_templates, read_class_names
 from diffclf.tasks.base import ClassifierTask
 
@@ -89,3 +91,52 @@ def check_captions(captions: Sequence[Sequence[str]], batch: int) -> None:
     if len(captions) != batch or len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"match needs one list of captions per image ({batch} images), all of one non-zero length; "
                          f"got {len(captions)} lists of lengths {sorted(lengths)}")
+
+
+class DenoisingPromptedTask(PromptedTask):
+    """What the zero-shot *diffusion* kinds share (a pipeline folder, a text DiT trained here): a class's
+    prompts combined by ``combine`` (``error``: cycled over the draws, the scorer's ``variants``; ``best``:
+    each prompt a candidate; ``embedding``: one merged row, where the kind offers it) and ``match`` by
+    denoising error on shared draws.
+
+    Subclasses save ``combine``, ``seed`` and set ``self.scoring`` and ``self.strategy``, and implement
+    :meth:`caption_denoiser` and :meth:`model_inputs`; ``self.match_schedule`` is their noise schedule.
+    """
+
+    def rows_per_class(self) -> list[int]:
+        if self.hparams.combine == "best":
+            return super().rows_per_class()
+        if self.hparams.combine == "error" and self.prompts.per_class is None:
+            raise ValueError("model.init_args.combine error needs as many prompts for every class (templates); "
+                             "this prompt file has uneven rows: use combine best")
+        return [1] * len(self.prompts.prompts)
+
+    @property
+    def variants(self) -> int:
+        """Conditioning rows the scorer cycles through per candidate (templates in error space)."""
+        return self.prompts.per_class if self.hparams.combine == "error" else 1
+
+    def caption_denoiser(self, captions: list[str], device: torch.device) -> Denoiser:
+        """``denoise(x_t, t, rows) -> eps`` conditioned on row ``rows[i]`` of ``captions``."""
+        raise NotImplementedError
+
+    def model_inputs(self, images: Tensor) -> Tensor:
+        """Images in [-1, 1] → what the denoiser sees (pixels, or latents)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def match(self, images: Tensor, captions: Sequence[Sequence[str]], keys: Tensor, draws: int | None = None) -> Tensor:
+        """``(B, M)`` image-caption scores, minus the mean eps error of image ``b`` under each of its captions, every
+        caption on the same ``draws`` draws (default: the strategy's ``max_draws``; Li et al. score Winoground on
+        1000 even timesteps). The draws depend on ``keys`` (``(B,)``), so the two images of a Winoground example,
+        given one key, are scored on the same noise and timesteps too."""
+        check_captions(captions, len(images))
+        flat = sorted({c for group in captions for c in group})
+        x = self.model_inputs(images)
+        rows = torch.tensor([[flat.index(c) for c in group] for group in captions], device=x.device)
+        n = int(draws or self.strategy.max_draws)
+        scorer = Scorer(self.caption_denoiser(flat, x.device), self.match_schedule, x.shape[1], max_draws=n,
+                        seed=self.hparams.seed, num_classes=len(flat), **self.scoring.scorer_kwargs())
+        table = scorer.new_table(x, rows)
+        scorer.score(table, x, keys.to(x.device), 0, n)
+        return -table.mean_error()

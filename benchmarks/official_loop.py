@@ -1,0 +1,259 @@
+"""The official Diffusion Classifier's scoring loop, re-created on a diffclf DiT, timed against diffclf's engine.
+
+Li et al.'s released ``eval_prob_adaptive.py`` (github diffusion-classifier/diffusion-classifier) scores an
+image with Python bookkeeping around a batch-32 denoiser loop: per batch it gathers the noise rows by an index
+list, builds ``x_t`` from ``alphas_cumprod`` indexed on the host and copied over, calls the denoiser, takes the
+error's mean over C, H, W and copies it back with ``.detach().cpu()`` (a host sync per batch); per stage it keeps
+the ``n_to_keep`` classes of lowest mean error with ``torch.topk`` over Python lists. :func:`official_eval`
+is that code with the UNet's text embeddings replaced by a DiT's class ids (and a learned-sigma DiT's output cut
+to its eps channels); everything else keeps the official's order of operations, fp32, its ``n_trials=1`` noise
+numbering (draw ``k`` is the ``k``-th timestep in order of first evaluation) and its timestep grid.
+
+diffclf's :class:`~diffclf.strategies.Adaptive` with ``schedule="official"`` and a scorer given the same noise
+bank (``Scorer(..., order=strategy.draw_order, noise_bank=all_noise)``) scores the same draws of the same
+classes (``tests/test_device_check.py`` checks predictions and per-class mean errors agree), so the speed ratio
+printed here compares the two loops on equal work. Random weights by default (the zero-initialised adaLN and
+output layers are filled with N(0, 0.02²) so that classes differ), or ``--ckpt_path``.
+
+    python benchmarks/official_loop.py --model DiT-XL/2 --device cuda --images 2 --classes 1000 \
+        --keep 500 50 10 1 --trials 50 100 500 1000 --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffclf.diffusion.schedule import NoiseSchedule
+from diffclf.diffusion.scoring import Scorer
+from diffclf.metrics.provenance import provenance
+from diffclf.models.dit import DiT, create_dit, dit_flops
+from diffclf.strategies import Adaptive
+from diffclf.strategies.base import Classification
+
+R = TypeVar("R")
+
+
+def eval_error(
+    dit: DiT, alphas_cumprod: Tensor, latent: Tensor, all_noise: Tensor, ts: list[int], noise_idxs: list[int],
+    class_ids: Tensor, class_idxs: list[int], batch_size: int = 32, loss: str = "l2",
+) -> Tensor:
+    """The official ``eval_error``: per-draw errors on the host, one batch (and one host sync) at a time."""
+    assert len(ts) == len(noise_idxs) == len(class_idxs)
+    device = latent.device
+    channels = latent.shape[1]
+    pred_errors = torch.zeros(len(ts), device="cpu")
+    idx = 0
+    with torch.inference_mode():
+        for _ in range(len(ts) // batch_size + int(len(ts) % batch_size != 0)):
+            batch_ts = torch.tensor(ts[idx: idx + batch_size])
+            noise = all_noise[noise_idxs[idx: idx + batch_size]]
+            noised_latent = latent * (alphas_cumprod[batch_ts] ** 0.5).view(-1, 1, 1, 1).to(device) + \
+                noise * ((1 - alphas_cumprod[batch_ts]) ** 0.5).view(-1, 1, 1, 1).to(device)
+            t_input = batch_ts.to(device)
+            y = class_ids[class_idxs[idx: idx + batch_size]]
+            noise_pred = dit(noised_latent, t_input, y)[:, :channels]
+            if loss == "l2":
+                error = F.mse_loss(noise, noise_pred, reduction="none").mean(dim=(1, 2, 3))
+            elif loss == "l1":
+                error = F.l1_loss(noise, noise_pred, reduction="none").mean(dim=(1, 2, 3))
+            else:
+                raise NotImplementedError(loss)
+            pred_errors[idx: idx + len(batch_ts)] = error.detach().cpu()
+            idx += len(batch_ts)
+    return pred_errors
+
+
+def official_eval(
+    dit: DiT, latent: Tensor, class_ids: Tensor, schedule_keep: list[int], schedule_trials: list[int],
+    alphas_cumprod: Tensor, all_noise: Tensor, batch_size: int = 32, loss: str = "l2",
+    record: dict[int, dict[str, Tensor]] | None = None,
+) -> tuple[int, int]:
+    """The official ``eval_prob_adaptive`` for one image: ``(predicted class id, denoiser forwards)``.
+
+    Args:
+        dit: the denoiser, called as ``dit(x_t, t, y)``.
+        latent: ``(1, C, H, W)`` on the denoiser's device.
+        class_ids: ``(K,)`` long candidate class ids on that device (the official's prompt table).
+        schedule_keep, schedule_trials: the official ``--to_keep`` and ``--n_samples``.
+        alphas_cumprod: ``(T,)`` fp32 host table, as a diffusers scheduler holds it.
+        all_noise: ``(max(schedule_trials), C, H, W)`` noise bank on the device; row ``k`` is draw ``k``.
+        batch_size, loss: the official ``--batch_size`` and ``--loss``.
+        record: filled with the official ``data`` dict (per candidate position: ``t`` and ``pred_errors``).
+    """
+    T = len(alphas_cumprod)
+    max_n_samples = max(schedule_trials)
+    data: dict[int, dict[str, Tensor]] = {} if record is None else record
+    t_evaluated: set[int] = set()
+    remaining = list(range(len(class_ids)))
+    start = T // max_n_samples // 2
+    t_to_eval = list(range(start, T, T // max_n_samples))[:max_n_samples]
+    forwards = 0
+    for n_samples, n_to_keep in zip(schedule_trials, schedule_keep):
+        ts: list[int] = []
+        noise_idxs: list[int] = []
+        class_idxs: list[int] = []
+        curr_t_to_eval = t_to_eval[len(t_to_eval) // n_samples // 2::len(t_to_eval) // n_samples][:n_samples]
+        curr_t_to_eval = [t for t in curr_t_to_eval if t not in t_evaluated]
+        for prompt_i in remaining:
+            for t_idx, t in enumerate(curr_t_to_eval, start=len(t_evaluated)):
+                ts.append(t)
+                noise_idxs.append(t_idx)
+                class_idxs.append(prompt_i)
+        t_evaluated.update(curr_t_to_eval)
+        pred_errors = eval_error(dit, alphas_cumprod, latent, all_noise, ts, noise_idxs, class_ids, class_idxs,
+                                 batch_size, loss)
+        forwards += len(ts)
+        for prompt_i in remaining:
+            mask = torch.tensor(class_idxs) == prompt_i
+            prompt_ts = torch.tensor(ts)[mask]
+            prompt_pred_errors = pred_errors[mask]
+            if prompt_i not in data:
+                data[prompt_i] = {"t": prompt_ts, "pred_errors": prompt_pred_errors}
+            else:
+                data[prompt_i]["t"] = torch.cat([data[prompt_i]["t"], prompt_ts])
+                data[prompt_i]["pred_errors"] = torch.cat([data[prompt_i]["pred_errors"], prompt_pred_errors])
+        errors = [-data[prompt_i]["pred_errors"].mean() for prompt_i in remaining]
+        # Clamped as diffclf's Adaptive clamps keep (the official's topk fails on fewer candidates than keep).
+        best_idxs = torch.topk(torch.tensor(errors), k=min(n_to_keep, len(remaining)), dim=0).indices.tolist()
+        remaining = [remaining[i] for i in best_idxs]
+    assert len(remaining) == 1
+    return int(class_ids[remaining[0]]), forwards
+
+
+def engine_eval(
+    dit: DiT, latents: Tensor, class_ids: Tensor, keep: list[int], trials: list[int], schedule: NoiseSchedule,
+    all_noise: Tensor, batch_size: int, loss: str = "l2",
+) -> Classification:
+    """diffclf's engine on the same work: ``Adaptive(schedule="official")`` over the same noise bank."""
+    strategy = Adaptive(keep, trials, schedule="official")
+    scorer = Scorer(dit, schedule, latents.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
+                    error=loss, num_classes=dit.num_classes, order=strategy.draw_order, noise_bank=all_noise)
+    index = torch.arange(latents.shape[0], device=latents.device)
+    with torch.no_grad():
+        return strategy.classify(scorer, latents, index, class_ids)
+
+
+def fill_zero_layers(dit: DiT, seed: int = 0) -> DiT:
+    """Give DiT's zero-initialised weights (adaLN-Zero gates, output layer) N(0, 0.02²) values: a fresh DiT
+    predicts zeros for every class, so every class would tie and predictions would mean nothing."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in dit.parameters():
+            if p.dim() >= 2 and not p.any():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return dit
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], R], device: torch.device) -> tuple[R, float]:
+    """``fn()`` and its wall seconds, with the device's queue drained before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="DiT-XL/2", help="DiT preset (random weights)")
+    parser.add_argument("--ckpt_path", default=None, help="a diffclf checkpoint instead (its EMA weights)")
+    parser.add_argument("--input_size", type=int, default=32)
+    parser.add_argument("--in_channels", type=int, default=4)
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--no_learn_sigma", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=1000, help="candidates: class ids 0..classes-1")
+    parser.add_argument("--keep", type=int, nargs="+", default=[500, 50, 10, 1])
+    parser.add_argument("--trials", type=int, nargs="+", default=[50, 100, 500, 1000])
+    parser.add_argument("--batch_size", type=int, default=32, help="the official loop's batch")
+    parser.add_argument("--engine_batch_sizes", type=int, nargs="+", default=[32, 256],
+                        help="diffclf engine batches to time on the same work (32 = the official's)")
+    parser.add_argument("--loss", default="l2", choices=("l2", "l1"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.ckpt_path:
+        from diffclf.tasks.checkpoints import load_task
+
+        dit, label = load_task(args.ckpt_path).ema, args.ckpt_path
+    else:
+        torch.manual_seed(args.seed)
+        dit = fill_zero_layers(create_dit(args.model, input_size=args.input_size, in_channels=args.in_channels,
+                                          num_classes=args.num_classes, learn_sigma=not args.no_learn_sigma))
+        label = args.model
+    dit = dit.to(device).eval()
+    shape = (dit.in_channels, dit.input_size, dit.input_size)
+    gen = torch.Generator().manual_seed(args.seed)
+    latents = torch.randn(args.images, *shape, generator=gen).to(device)
+    all_noise = torch.randn(max(args.trials), *shape, generator=gen).to(device)
+    class_ids = torch.arange(min(args.classes, dit.num_classes), device=device)
+    acp = NoiseSchedule().alphas_cumprod.float()  # the official's diffusers table is fp32
+    schedule = NoiseSchedule.from_alphas_cumprod(acp)  # the engine on the very same table
+
+    official_eval(dit, latents[:1], class_ids[:2], [1], [2], acp, all_noise)  # CUDA context, kernels
+    preds, forwards, seconds = [], 0, 0.0
+    for i in range(args.images):
+        run = functools.partial(official_eval, dit, latents[i: i + 1], class_ids, args.keep, args.trials, acp,
+                                all_noise, args.batch_size, args.loss)
+        (pred, fwd), sec = _timed(run, device)
+        preds.append(pred)
+        forwards += fwd
+        seconds += sec
+    official = {"batch_size": args.batch_size, "seconds_per_image": seconds / args.images,
+                "forwards_per_image": forwards / args.images, "forwards_per_s": forwards / seconds, "pred": preds}
+    print(f"official loop, batch {args.batch_size}: {official['forwards_per_s']:.1f} forwards/s, "
+          f"{official['seconds_per_image']:.3f} s/image ({official['forwards_per_image']:.0f} forwards/image)")
+    engine = []
+    for b in args.engine_batch_sizes:
+        engine_eval(dit, latents[:1], class_ids[:2], [1], [2], schedule, all_noise, b, args.loss)
+        run = functools.partial(engine_eval, dit, latents, class_ids, args.keep, args.trials, schedule, all_noise,
+                                b, args.loss)
+        result, sec = _timed(run, device)
+        fwd = float(result.forwards.sum())
+        row = {"batch_size": b, "seconds_per_image": sec / args.images, "forwards_per_image": fwd / args.images,
+               "forwards_per_s": fwd / sec, "pred": result.pred.tolist(),
+               "agrees_with_official": sum(int(a == o) for a, o in zip(result.pred.tolist(), preds)),
+               "speedup_vs_official": official["seconds_per_image"] / (sec / args.images)}
+        engine.append(row)
+        print(f"diffclf engine, batch {b}: {row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
+              f"s/image = {row['speedup_vs_official']:.2f}x the official loop; same prediction on "
+              f"{row['agrees_with_official']}/{args.images} images")
+    flops = dit_flops(dit.config)
+    out = {
+        "what": "official eval_prob_adaptive loop vs diffclf engine, same schedule, noise and weights, fp32",
+        "model": label, "config": dit.config, "gflops_per_forward": flops / 1e9, "images": args.images,
+        "classes": len(class_ids), "keep": args.keep, "trials": args.trials, "loss": args.loss,
+        "official": official, "engine": engine,
+        "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "provenance": provenance(device, argv=None if argv is None else ["benchmarks/official_loop.py", *argv]),
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(f"written to {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

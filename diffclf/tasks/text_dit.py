@@ -1,0 +1,467 @@
+"""The two text-image kinds diffclf trains itself (``diffclf.models.text_dit``): fit on captioned data, then
+classify zero-shot through prompts of the data's class names, or score free-text captions (``match``).
+
+- :class:`TextDiTClassifier` (``kind = "generative"``): a text-conditional DiT trained as
+  ``DiffusionClassifier`` trains its DiT (eps loss, caption dropout to the empty caption with seeded per-rank
+  draws, EMA, AdamW), and a classifier as ``TextDiffusionClassifier`` is one (every prompt row scored by the
+  EMA model on shared draws through ``Scorer`` and the configured strategy).
+- :class:`ContrastiveClassifier` (``kind = "contrastive"``): a CLIP-style dual encoder trained with the
+  symmetric InfoNCE loss, classifying by the cosine to prompt-ensembled class embeddings (CLIP's recipe).
+
+Data contract while fitting: batches ``(images, caption_ids, indices)`` where ``caption_ids`` index the data
+module's ``captions``, whose words are in its ``vocabulary``. The vocabulary is saved in the hyperparameters,
+so a checkpoint is self-contained: ``test`` needs no training data, only the prompts' words.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from diffclf.diffusion.losses import diffusion_loss, training_draws
+from diffclf.diffusion.schedule import NoiseSchedule
+from diffclf.diffusion.scoring import Denoiser, Scorer, ScoringOptions
+from diffclf.models.clip import ensemble_prompts
+from diffclf.models.ema import ema_decay_at, make_ema, update_ema
+from diffclf.models.prompts import Prompts
+from diffclf.models.text_dit import (
+    ContrastiveModel,
+    TextDiT,
+    TextFeatures,
+    WordTokenizer,
+    create_text_dit,
+    info_nce,
+)
+from diffclf.strategies import Exhaustive, Strategy
+from diffclf.tasks.base import Scored
+from diffclf.tasks.diffusion import (
+    describe_strategy,
+    elbo_scored,
+    per_index_noise,
+    scheduled_adamw,
+    scoring_options,
+    set_data_epoch,
+    step_training_key,
+    uses_pixels,
+)
+from diffclf.tasks.optim import LRSchedule
+from diffclf.tasks.zero_shot import DenoisingPromptedTask, PromptedTask
+
+
+class CaptionedTask(PromptedTask):
+    """What the two kinds share: the vocabulary (taken from the data when fitting starts, kept in the
+    hyperparameters), caption ids → tokens while fitting, prompts → tokens while classifying, AdamW with the
+    project's learning-rate schedules.
+
+    Subclasses save ``vocabulary``, ``max_tokens``, the optimizer options and ``PromptedTask``'s, and implement
+    :meth:`build` (the networks, once the vocabulary is known).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.caption_tokens: Tensor | None = None
+        self.prompt_tokens: Tensor | None = None
+        self._tokenizer: WordTokenizer | None = None
+
+    def build(self) -> None:
+        """Create the networks from the hyperparameters (``vocabulary`` is set)."""
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self) -> WordTokenizer:
+        hp = self.hparams
+        tok = self._tokenizer
+        if tok is None or tok.vocabulary != tuple(hp.vocabulary) or tok.max_tokens != hp.max_tokens:
+            self._tokenizer = WordTokenizer(hp.vocabulary, hp.max_tokens)
+        return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        """Fit/validate: the vocabulary (when not set) and the caption table from the data. Test/predict:
+        ``PromptedTask``'s prompts and label space, tokenised now so an unknown word fails before any batch."""
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        name = type(self).__name__
+        if stage in ("fit", "validate"):
+            captions = getattr(dm, "captions", None)
+            if captions is None:
+                raise ValueError(f"{name} trains on captioned data: the data module needs `captions` and `vocabulary` "
+                                 "(e.g. diffclf.data.ScenesDataModule)")
+            if self.hparams.vocabulary is None:
+                vocabulary = getattr(dm, "vocabulary", None)
+                if vocabulary is None:
+                    raise ValueError(f"{name}: the data module has captions but no `vocabulary`; give model.init_args.vocabulary")
+                self.hparams.vocabulary = [str(w) for w in vocabulary]
+                self.build()
+            self.caption_tokens = self.tokenizer.tokenize(list(captions))
+            return
+        if self.hparams.vocabulary is None:
+            raise ValueError(f"{name} has no vocabulary, so no trained weights: give --ckpt_path of a trained checkpoint")
+        super().setup(stage)
+        hp = self.hparams
+        if hp.templates is None and hp.prompt_file is None:
+            # The shipped presets are English photo captions ("a photo of a {}."); a model trained on its own small
+            # vocabulary is asked for its class names as they are (a caption label space: the captions themselves).
+            self.prompts = Prompts(self.prompts.classes, tuple((n,) for n in self.prompts.classes), "class names")
+            self.set_rows(self.rows_per_class())
+        try:
+            self.prompt_tokens = self.tokenizer.tokenize(self.prompts.flat)
+        except ValueError as err:
+            raise ValueError(f"prompts {self.prompts.source}: {err}; give model.init_args.templates (or "
+                             "prompt_file) in the model's words") from None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Name the task class in every checkpoint, also one written outside the CLI: the readers'
+        fallback for files without one (``diffclf.tasks.checkpoints.task_class``) takes ``ema.*`` weights
+        for a ``DiffusionClassifier``."""
+        cls = type(self)
+        checkpoint.setdefault("hyper_parameters", {}).setdefault("_class_path", f"{cls.__module__}.{cls.__name__}")
+
+    def tokens_of(self, caption_ids: Tensor) -> Tensor:
+        """``(B, L)`` tokens of the data's captions ``caption_ids``."""
+        if self.caption_tokens is None:
+            raise RuntimeError("no caption table: setup('fit') or setup('validate') builds it from the data")
+        return self.caption_tokens[caption_ids.cpu()].to(caption_ids.device)
+
+    def on_train_epoch_start(self) -> None:
+        set_data_epoch(self)
+
+    def _check_channels(self, images: Tensor) -> None:
+        if images.shape[1] != self.hparams.in_channels:
+            raise ValueError(f"the model takes {self.hparams.in_channels}-channel images but the data gives "
+                             f"{tuple(images.shape[1:])}; set model.init_args.in_channels")
+
+    def base_context(self) -> dict[str, Any]:
+        """Record fields both kinds write."""
+        hp = self.hparams
+        return {
+            "vocabulary_size": len(hp.vocabulary) if hp.vocabulary is not None else None,
+            "num_classes": self.label_space.num_classes if self.label_space is not None else hp.num_classes,
+            **self.prompt_record(),
+            "ci_level": hp.ci_level,
+            "results_dir": hp.results_dir,
+            "results_file": hp.results_file,
+        }
+
+
+class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
+    """A text-conditional DiT (``diffclf.models.text_dit.TextDiT``) trained on captioned images, classifying
+    zero-shot as a diffusion classifier.
+
+    Args:
+        model: a preset of ``TEXT_DIT_PRESETS`` (``TextDiT-T/2``, ``TextDiT-T/4``, ``TextDiT-M/*``).
+        input_size, in_channels: the images the model sees (pixels).
+        num_classes: the data's model-class count, linked by the CLI; classification takes the data's names.
+        vocabulary: the words the model knows; None: the training data's ``vocabulary`` (then saved here).
+        max_tokens: token sequence length, ``<bos>`` included (the scenes' longest caption has 16 words).
+        learn_sigma: also predict the variance, trained with DiT's VLB term.
+        model_kwargs: overrides of the preset (``{"depth": 2}``).
+        caption_dropout_prob: probability of training on the empty caption instead (classifier-free guidance);
+            the mask is drawn from the step's seeded stream (``diffclf.diffusion.losses.training_draws``).
+        lr, weight_decay, betas, warmup_steps, lr_schedule, lr_final_ratio, ema_decay, ema_warmup,
+            num_timesteps, beta_start, beta_end, val_timesteps: as ``DiffusionClassifier``.
+        templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
+            templates nor a prompt file the prompts are the class names as they are (the shipped presets say
+            "a photo of a ...", words a model trained on scenes never saw).
+        combine: several prompts of a class: ``error`` (draw ``k`` uses template ``k mod V``) or ``best``
+            (each prompt a candidate, a class takes its best), as ``TextDiffusionClassifier``.
+        strategy, scoring, seed, ci_level, results_dir, results_file, label, calibration: as
+            ``DiffusionClassifier`` (``scoring.compile`` is not supported here).
+    """
+
+    weight_hparams: ClassVar[frozenset[str]] = frozenset({
+        "model", "input_size", "in_channels", "vocabulary", "max_tokens", "learn_sigma", "model_kwargs",
+        "num_timesteps", "beta_start", "beta_end",
+    })
+    kind: ClassVar[str] = "generative"
+
+    def __init__(
+        self,
+        model: str = "TextDiT-T/2",
+        input_size: int = 32,
+        in_channels: int = 3,
+        num_classes: int | None = None,
+        vocabulary: list[str] | None = None,
+        max_tokens: int = 24,
+        learn_sigma: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+        caption_dropout_prob: float = 0.1,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
+        lr_final_ratio: float = 0.0,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = False,
+        num_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        val_timesteps: list[int] | None = None,
+        templates: str | None = None,
+        prompt_file: str | None = None,
+        class_names: str | None = None,
+        combine: Literal["error", "best"] = "error",
+        strategy: Strategy | None = None,
+        scoring: ScoringOptions | None = None,
+        seed: int = 0,
+        ci_level: float = 0.95,
+        results_dir: str | None = None,
+        results_file: str | None = None,
+        label: str | None = None,
+        calibration: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.scoring = scoring_options(scoring)
+        self.save_hyperparameters(ignore=["strategy", "scoring"])
+        self.hparams["scoring"] = asdict(self.scoring)
+        if not 0.0 <= caption_dropout_prob < 1.0:
+            raise ValueError(f"model.caption_dropout_prob must be in [0, 1), got {caption_dropout_prob}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
+        if combine not in ("error", "best"):
+            raise ValueError(f"model.init_args.combine must be error or best; got {combine!r}")
+        if self.scoring.compile:
+            raise ValueError("model.init_args.scoring.compile is not supported by TextDiTClassifier; turn it off")
+        self.schedule = NoiseSchedule(num_timesteps, beta_start, beta_end)
+        self.val_timesteps = list(val_timesteps or [50, 250, 500, 750, 950])
+        if any(not 0 <= t < num_timesteps for t in self.val_timesteps):
+            raise ValueError(f"model.val_timesteps must lie in [0, {num_timesteps}), got {self.val_timesteps}")
+        self.strategy: Strategy = strategy if strategy is not None else Exhaustive(trials=100)
+        self.dit: TextDiT | None = None
+        self.ema: TextDiT | None = None
+        self._scorer: Scorer | None = None
+        self._table: TextFeatures | None = None
+        if vocabulary is not None:
+            self.build()
+
+    def build(self) -> None:
+        hp = self.hparams
+        self.dit = create_text_dit(hp.model, self.tokenizer.size, input_size=hp.input_size, in_channels=hp.in_channels,
+                                   max_tokens=hp.max_tokens, learn_sigma=hp.learn_sigma, **(hp.model_kwargs or {}))
+        self.ema = make_ema(self.dit)
+
+    def _check_input(self, x: Tensor) -> None:
+        want = (self.hparams.in_channels, self.hparams.input_size, self.hparams.input_size)
+        if tuple(x.shape[1:]) != want:
+            raise ValueError(f"the TextDiT expects images (C, H, W) = {want} but the data gives {tuple(x.shape[1:])}; "
+                             "set model.init_args.input_size / in_channels (or the data's image size) to agree")
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, caption_ids, _ = batch
+        self._check_input(images)
+        key = step_training_key(self, self.hparams.seed, batch_idx)
+        t, noise, drop = training_draws(key, images.shape, self.schedule.num_timesteps,
+                                        self.hparams.caption_dropout_prob, images.device, images.dtype)
+        x_t = self.schedule.q_sample(images, t, noise)
+        out = self.dit(x_t, t, self.tokens_of(caption_ids), force_drop_ids=drop)  # drop: caption -> empty caption
+        losses = diffusion_loss(out, images, x_t, t, noise, self.schedule, self.hparams.learn_sigma)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} at global step {self.global_step} "
+                                     f"(epoch {self.current_epoch}, batch {batch_idx})")
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        update_ema(self.ema, self.dit, ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup))
+
+    def configure_optimizers(self) -> Any:
+        return scheduled_adamw(self, [p for p in self.dit.parameters() if p.requires_grad])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        """EMA eps-loss at fixed timesteps, noise fixed per image (as ``DiffusionClassifier``)."""
+        images, caption_ids, index = batch
+        self._check_input(images)
+        noise = per_index_noise(index, images.shape[1:], self.hparams.seed).to(images)
+        tokens = self.tokens_of(caption_ids)
+        total = torch.zeros((), device=images.device)
+        for t_val in self.val_timesteps:
+            t = torch.full((images.shape[0],), t_val, device=images.device, dtype=torch.long)
+            eps = self.ema(self.schedule.q_sample(images, t, noise), t, tokens)[:, : images.shape[1]]
+            mse = (eps.float() - noise.float()).pow(2).mean()
+            self.log(f"val/loss_t{t_val}", mse, batch_size=images.shape[0], sync_dist=True)
+            total = total + mse
+        self.log("val/loss", total / len(self.val_timesteps), prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+
+    # ------------------------------------------------------------------ classification
+    def _denoise(self, x_t: Tensor, t: Tensor, rows: Tensor) -> Tensor:
+        return self.ema.denoise(x_t, t, self._table.select(rows))
+
+    def scorer(self) -> Scorer:
+        """The shared-noise scorer over the prompt rows (rebuilt when the strategy's draws or the device change)."""
+        order = self.strategy.draw_order
+        s = self._scorer
+        if s is None or s.max_draws != self.strategy.max_draws or not s.has_order(order) or s.device != self.device:
+            self._scorer = Scorer(
+                self._denoise, self.schedule, self.hparams.in_channels, max_draws=self.strategy.max_draws,
+                seed=self.hparams.seed, num_classes=self.label_space.num_model_classes, order=order,
+                variants=self.variants, **self.scoring.scorer_kwargs(),
+            )
+        return self._scorer
+
+    def elbo_scale(self) -> float:
+        """Nats per unit of mean eps error, ``D * T / 2`` (see ``DiffusionClassifier.elbo_scale``)."""
+        hp = self.hparams
+        return hp.in_channels * hp.input_size * hp.input_size * self.schedule.num_timesteps / 2
+
+    @torch.no_grad()
+    def classify(self, images: Tensor, index: Tensor) -> Scored:
+        """The strategy over every class's prompt rows on shared draws, the EMA model scoring."""
+        self._check_input(images)
+        if uses_pixels(self.strategy) and self.hparams.combine == "best":
+            raise ValueError("model.strategy: a Prefilter proposes classes, but combine best scores prompts; "
+                             "use combine error with a prefilter")
+        maps = self.candidate_maps(images.device)
+        self._table = self.ema.encode_text(self.prompt_tokens.to(images.device))
+        result = self.strategy.classify(self.scorer(), images, index, maps.ids, images=images)
+        return elbo_scored(result, maps, self.elbo_scale() / self.scoring.temperature)
+
+    @property
+    def match_schedule(self) -> NoiseSchedule:
+        return self.schedule
+
+    def model_inputs(self, images: Tensor) -> Tensor:
+        self._check_input(images)
+        return images
+
+    def caption_denoiser(self, captions: list[str], device: torch.device) -> Denoiser:
+        text = self.ema.encode_text(self.tokenizer.tokenize(captions).to(device))
+        return lambda x_t, t, rows: self.ema.denoise(x_t, t, text.select(rows))
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self.ema.eval()
+
+    def result_context(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {
+            "model": hp.label or hp.model,
+            "strategy": describe_strategy(self.strategy),
+            "seed": hp.seed,
+            "scoring": self.scoring.record(),
+            "combine": hp.combine,
+            **self.base_context(),
+        }
+
+
+class ContrastiveClassifier(CaptionedTask):
+    """A CLIP-style dual encoder (``diffclf.models.text_dit.ContrastiveModel``) trained with InfoNCE on captioned
+    images, classifying zero-shot by the cosine to each class's prompt-ensembled text embedding.
+
+    Args:
+        image_encoder: a timm model built from scratch (``resnet10t``).
+        image_encoder_kwargs: further ``timm.create_model`` arguments (narrower stages for CPU runs).
+        in_channels: image channels.
+        num_classes: the data's model-class count, linked by the CLI.
+        vocabulary, max_tokens: as ``TextDiTClassifier``.
+        embed_dim, text_width, text_depth, text_heads: the joint space and the text encoder.
+        lr, weight_decay, betas, warmup_steps, lr_schedule, lr_final_ratio: AdamW (CLIP: betas (0.9, 0.98),
+            weight decay 0.2) and the schedule.
+        templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words (default: the
+            class names as they are, as ``TextDiTClassifier``).
+        ci_level, results_dir, results_file, label, calibration: as the other kinds.
+    """
+
+    weight_hparams: ClassVar[frozenset[str]] = frozenset({
+        "image_encoder", "image_encoder_kwargs", "in_channels", "vocabulary", "max_tokens", "embed_dim", "text_width", "text_depth", "text_heads",
+    })
+    kind: ClassVar[str] = "contrastive"
+
+    def __init__(
+        self,
+        image_encoder: str = "resnet10t",
+        image_encoder_kwargs: dict[str, Any] | None = None,
+        in_channels: int = 3,
+        num_classes: int | None = None,
+        vocabulary: list[str] | None = None,
+        max_tokens: int = 24,
+        embed_dim: int = 128,
+        text_width: int = 128,
+        text_depth: int = 2,
+        text_heads: int = 4,
+        lr: float = 5e-4,
+        weight_decay: float = 0.2,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 0,
+        lr_schedule: LRSchedule = "constant",
+        lr_final_ratio: float = 0.0,
+        templates: str | None = None,
+        prompt_file: str | None = None,
+        class_names: str | None = None,
+        ci_level: float = 0.95,
+        results_dir: str | None = None,
+        results_file: str | None = None,
+        label: str | None = None,
+        calibration: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net: ContrastiveModel | None = None
+        if vocabulary is not None:
+            self.build()
+
+    def build(self) -> None:
+        hp = self.hparams
+        self.net = ContrastiveModel(self.tokenizer.size, hp.max_tokens, hp.image_encoder, hp.in_channels, hp.embed_dim,
+                                    hp.text_width, hp.text_depth, hp.text_heads, hp.image_encoder_kwargs)
+
+    def rows_per_class(self) -> list[int]:
+        """One row per class: CLIP ensembles a class's prompts in embedding space."""
+        return [1] * len(self.prompts.prompts)
+
+    def _loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        images, caption_ids, _ = batch
+        self._check_channels(images)
+        return info_nce(self.net(images, self.tokens_of(caption_ids)), groups=caption_ids)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch[0].shape[0])
+        self.log("train/logit_scale", self.net.scale().detach(), batch_size=batch[0].shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        return scheduled_adamw(self, list(self.net.parameters()))
+
+    def class_embeddings(self, device: torch.device) -> Tensor:
+        """``(K, E)`` unit class embeddings: each prompt embedded, a class's prompts averaged and renormalised
+        (CLIP's prompt ensembling, ``diffclf.models.clip.ensemble_prompts``)."""
+        text = self.net.encode_text(self.prompt_tokens.to(device))
+        return ensemble_prompts(text, self.prompts.owners, len(self.prompts.prompts)).to(device)
+
+    @torch.no_grad()
+    def classify(self, images: Tensor, index: Tensor) -> Scored:
+        """One image-tower forward per image; logits ``scale * cos(image, class)``."""
+        self._check_channels(images)
+        logits = (self.net.scale() * self.net.encode_image(images) @ self.class_embeddings(images.device).T).float()
+        return Scored(scores=logits, logits=logits,
+                      forwards=torch.ones(images.shape[0], dtype=torch.long, device=logits.device))
+
+    @torch.no_grad()
+    def match(self, images: Tensor, captions: Sequence[Sequence[str]], keys: Tensor) -> Tensor:
+        """``(B, M)`` ``scale * cos(image b, caption)`` over each image's captions; ``keys`` are unused."""
+        self._check_channels(images)
+        flat = sorted({c for group in captions for c in group})
+        text = self.net.encode_text(self.tokenizer.tokenize(flat).to(images.device))
+        rows = torch.tensor([[flat.index(c) for c in group] for group in captions], device=images.device)
+        image = self.net.encode_image(images)
+        return self.net.scale() * (image.unsqueeze(1) * text[rows]).sum(-1)
+
+    def result_context(self) -> dict[str, Any]:
+        hp = self.hparams
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        return {
+            "model": hp.label or f"contrastive-{hp.image_encoder}",
+            "strategy": "contrastive-zero-shot",
+            "seed": int(seed) if seed is not None else None,
+            **self.base_context(),
+        }

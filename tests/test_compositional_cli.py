@@ -1,0 +1,114 @@
+"""``diffclf compositional`` (diffclf.cli.compositional): Winoground, binding and cue-conflict end to end on a
+``build-scenes`` folder, with tiny random SD and CLIP folders (tests/tiny_pipelines.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_pipelines import build_clip_model, build_sd_pipeline
+
+from diffclf.cli import main
+from diffclf.cli.compositional import run_winoground
+from diffclf.tasks import ClipClassifier, TextDiffusionClassifier
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("scenes") / "build"
+    main(["build-scenes", "--out", str(out), "--seed", "0", "--size", "32", "--train", "40", "--test", "120"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_clip_model(tmp_path_factory.mktemp("clip") / "clip")
+
+
+@pytest.fixture(scope="module")
+def sd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
+
+
+def run(evaluation: str, root: Path, model: list[str], out: Path, *extra: str) -> dict:
+    main(["compositional", *model, "--evaluation", evaluation, "--root", str(root), "--out", str(out),
+          "--image_size", "32", "--batch_size", "8", *extra])
+    return json.loads((out / f"{evaluation}.json").read_text())
+
+
+def test_winoground_scores_are_the_models_matches_of_each_image_with_each_caption(scenes: Path, sd_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    model = ["--model", "diffclf.tasks.TextDiffusionClassifier", "--model.init_args.pretrained", str(sd_dir)]
+    record = run("winoground", scenes / "winoground", model, tmp_path, "--draws", "4", "--limit", "6")
+    assert record["n"] == 6 and set(record["summary"]) >= {"all", "Object", "Relation"}
+    assert record["summary"]["all"]["text"]["total"] == 6 and record["draws"] == 4
+    task = TextDiffusionClassifier(pretrained=str(sd_dir))
+    keys_seen = []
+    original = task.match
+
+    def spy(images, captions, keys, draws=None):
+        keys_seen.append(keys.tolist())
+        return original(images, captions, keys, draws=draws)
+
+    task.match = spy
+    again = run_winoground(task, str(scenes / "winoground"), 32, 3, 6, 0.95, lambda i, c, k: task.match(i, c, k, draws=4),
+                           torch.device("cpu"))
+    torch.testing.assert_close(torch.tensor(again["scores"]), torch.tensor(record["scores"]))
+    # Both images of an example are scored on the same draws: one key per example, twice.
+    assert keys_seen == [[0, 0, 1, 1, 2, 2], [3, 3, 4, 4, 5, 5]]
+    # s[n, i, j] is image i with caption j: recompute example 4's scores one pair at a time.
+    from diffclf.data.winoground import WinogroundDataset
+
+    item = WinogroundDataset(scenes / "winoground", image_size=32)[4]
+    for i in range(2):
+        for j in range(2):
+            s = original(item.images[i:i + 1], [[item.captions[j]]], torch.tensor([4]), draws=4)
+            torch.testing.assert_close(float(s[0, 0]), record["scores"][4][i][j], rtol=1e-5, atol=1e-6)
+
+
+def test_binding_tasks_are_scored_positive_against_negative_with_a_binomial_test(scenes: Path, clip_dir: Path,
+                                                                                 tmp_path: Path) -> None:
+    model = ["--model", "diffclf.tasks.ClipClassifier", "--model.init_args.pretrained", str(clip_dir)]
+    record = run("binding", scenes, model, tmp_path, "--num_examples", "10", "--tasks",
+                 '["Shape", "Shape|Color", "Shape,Color"]')
+    assert list(record["tasks"]) == ["Shape", "Shape|Color", "Shape,Color"]
+    task = ClipClassifier(pretrained=str(clip_dir))
+    from PIL import Image
+
+    from diffclf.data import scenes as sc
+    from diffclf.data.zero_shot import ResizeCenterCrop
+
+    images = sc.read_images(scenes, "test", 120, 32)
+    for result in record["tasks"].values():
+        assert result["total"] == 10 and len(result["examples"]) == 10
+        assert result["correct"] == sum(e["correct"] for e in result["examples"])
+        e = result["examples"][0]
+        s = task.match(ResizeCenterCrop(32)(Image.fromarray(images[e["scene"]]))[None], [[e["positive"], e["negative"]]],
+                       torch.tensor([e["scene"]]))
+        assert bool(s[0, 0] > s[0, 1]) == e["correct"]
+        assert 0.0 <= result["p_value"] <= 1.0 and result["significant"] == (result["p_value"] < 0.01)
+
+
+def test_cue_conflict_reads_a_generated_set_and_reports_the_shape_bias(scenes: Path, clip_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    model = ["--model", "diffclf.tasks.ClipClassifier", "--model.init_args.pretrained", str(clip_dir)]
+    record = run("cue_conflict", scenes / "cue_conflict", model, tmp_path, "--limit", "12")
+    assert record["categories"] == ["cube", "cylinder", "sphere"] and record["n"] == 12
+    pred, shape, texture = (torch.tensor(record[k]) for k in ("pred", "shape", "texture"))
+    assert bool((shape != texture).all())
+    assert record["shape_correct"] == int((pred == shape).sum()) and record["texture_correct"] == int((pred == texture).sum())
+    hits = record["shape_correct"] + record["texture_correct"]
+    if hits:
+        assert record["shape_bias"] == pytest.approx(record["shape_correct"] / hits)
+
+
+def test_the_model_is_a_class_spec_or_a_prompted_checkpoint(scenes: Path, tmp_path: Path) -> None:
+    from conftest import REPO
+
+    with pytest.raises(ValueError, match="give --model .* or --ckpt_path"):
+        main(["compositional", "--evaluation", "binding", "--root", str(scenes), "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="a DiffusionClassifier scores class ids, not captions"):
+        main(["compositional", "--evaluation", "binding", "--root", str(scenes), "--out", str(tmp_path),
+              "--ckpt_path", str(REPO / "checkpoints" / "digits_dit_t2_quickstart.ckpt")])
