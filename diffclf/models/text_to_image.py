@@ -189,7 +189,17 @@ class TextToImageModel(nn.Module):
             )
         self.prediction_type = scheduled
         self.dtype = dtype
+        self._tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
         self._check_widths()
+
+    def _device_tables(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """``a_t``, ``b_t`` and the model's time values as fp32 tables on ``device``, made once per device so
+        that the denoiser calls of a classification only gather on the device (no host copies per batch)."""
+        if device not in self._tables:
+            s = self.schedule
+            self._tables[device] = tuple(v.to(device=device, dtype=torch.float32) for v in (
+                s.sqrt_alphas_cumprod, s.sqrt_one_minus_alphas_cumprod, s.model_timesteps))
+        return self._tables[device]
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -270,17 +280,16 @@ class TextToImageModel(nn.Module):
         """The eps prediction at integer timestep indices ``t`` for conditioning ``rows`` (fp32)."""
         inputs = x_t.to(self.dtype)
         hidden = cond.hidden[rows]
+        a_table, b_table, times = self._device_tables(x_t.device)
+        a = a_table[t].view(-1, 1, 1, 1)
         if self.is_flow:
-            time = self.schedule.model_timesteps.to(x_t.device)[t].to(self.dtype)
-            out = self.denoiser(hidden_states=inputs, timestep=time, encoder_hidden_states=hidden,
+            out = self.denoiser(hidden_states=inputs, timestep=times[t].to(self.dtype), encoder_hidden_states=hidden,
                                 pooled_projections=cond.pooled[rows], return_dict=False)[0].float()
-            a = self.schedule.sqrt_alphas_cumprod.to(x_t.device, torch.float32)[t].view(-1, 1, 1, 1)
             return x_t + a * out  # eps = x_t + (1 - sigma) v for x_t = (1 - sigma) x0 + sigma eps, v = eps - x0
         # Integer timesteps, as the official loop passes them.
         out = self.denoiser(inputs, t, encoder_hidden_states=hidden).sample.float()
         if self.prediction_type == "v_prediction":
-            a = self.schedule.sqrt_alphas_cumprod.to(x_t.device, torch.float32)[t].view(-1, 1, 1, 1)
-            b = self.schedule.sqrt_one_minus_alphas_cumprod.to(x_t.device, torch.float32)[t].view(-1, 1, 1, 1)
+            b = b_table[t].view(-1, 1, 1, 1)
             return a * out + b * x_t  # eps = a v + b x_t for v = a eps - b x0 (Salimans & Ho 2022)
         return out
 

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffclf.models.clip import DTYPES, ClipFolder, ClipZeroShot, encode_prompts, image_features, load_clip
 from diffclf.tasks.base import Scored
-from diffclf.tasks.zero_shot import PromptedTask, check_captions
+from diffclf.tasks.zero_shot import PromptedTask, caption_table
 
 
 class ClipClassifier(PromptedTask):
@@ -110,12 +110,10 @@ class ClipClassifier(PromptedTask):
     def match(self, images: Tensor, captions: Sequence[Sequence[str]], keys: Tensor) -> Tensor:
         """``(B, M)`` image-caption scores, ``logit_scale.exp() * cos(image, caption)``: row ``b`` scores image
         ``b`` against each of its captions (Winoground, binding tasks). ``keys`` are unused (CLIP draws nothing)."""
-        check_captions(captions, len(images))
-        flat = sorted({c for group in captions for c in group})
+        flat, rows = caption_table(captions, len(images), images.device)
         text = F.normalize(encode_prompts(self.clip.model, self.clip.tokenizer, flat), dim=-1)
-        dtype = DTYPES[self.hparams.dtype]
-        image = image_features(self.clip.model, self.clip.preprocess, images, dtype)
-        rows = torch.tensor([[flat.index(c) for c in group] for group in captions], device=image.device)
+        image = image_features(self.clip.model, self.clip.preprocess, images, DTYPES[self.hparams.dtype])
+        rows = rows.to(image.device)
         sims = (image.unsqueeze(1) * text.to(image.device)[rows]).sum(-1)
         return self.clip.model.logit_scale.float().exp() * sims
 

@@ -50,7 +50,7 @@ from diffclf.tasks.diffusion import (
     uses_pixels,
 )
 from diffclf.tasks.optim import LRSchedule
-from diffclf.tasks.zero_shot import DenoisingPromptedTask, PromptedTask
+from diffclf.tasks.zero_shot import DenoisingPromptedTask, PromptedTask, caption_table
 
 
 class CaptionedTask(PromptedTask):
@@ -67,6 +67,9 @@ class CaptionedTask(PromptedTask):
         self.caption_tokens: Tensor | None = None
         self.prompt_tokens: Tensor | None = None
         self._tokenizer: WordTokenizer | None = None
+        # Prompt encodings of the current setup (reset there): the weights do not change while classifying.
+        self._prompt_states: tuple[torch.device, Any] | None = None
+        self._class_embeddings: Tensor | None = None
 
     def build(self) -> None:
         """Create the networks from the hyperparameters (``vocabulary`` is set)."""
@@ -108,6 +111,7 @@ class CaptionedTask(PromptedTask):
             # vocabulary is asked for its class names as they are (a caption label space: the captions themselves).
             self.prompts = Prompts(self.prompts.classes, tuple((n,) for n in self.prompts.classes), "class names")
             self.set_rows(self.rows_per_class())
+        self._prompt_states, self._class_embeddings = None, None
         try:
             self.prompt_tokens = self.tokenizer.tokenize(self.prompts.flat)
         except ValueError as err:
@@ -125,7 +129,9 @@ class CaptionedTask(PromptedTask):
         """``(B, L)`` tokens of the data's captions ``caption_ids``."""
         if self.caption_tokens is None:
             raise RuntimeError("no caption table: setup('fit') or setup('validate') builds it from the data")
-        return self.caption_tokens[caption_ids.cpu()].to(caption_ids.device)
+        if self.caption_tokens.device != caption_ids.device:  # once: every step then gathers on its device
+            self.caption_tokens = self.caption_tokens.to(caption_ids.device)
+        return self.caption_tokens[caption_ids]
 
     def on_train_epoch_start(self) -> None:
         set_data_epoch(self)
@@ -318,9 +324,15 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             raise ValueError("model.strategy: a Prefilter proposes classes, but combine best scores prompts; "
                              "use combine error with a prefilter")
         maps = self.candidate_maps(images.device)
-        self._table = self.ema.encode_text(self.prompt_tokens.to(images.device))
+        self._table = self.prompt_states(images.device)
         result = self.strategy.classify(self.scorer(), images, index, maps.ids, images=images)
         return elbo_scored(result, maps, self.elbo_scale() / self.scoring.temperature)
+
+    def prompt_states(self, device: torch.device) -> Any:
+        """The EMA text encoder's states of the prompts, encoded once per setup and device (not per batch)."""
+        if self._prompt_states is None or self._prompt_states[0] != device:
+            self._prompt_states = (device, self.ema.encode_text(self.prompt_tokens.to(device)))
+        return self._prompt_states[1]
 
     @property
     def match_schedule(self) -> NoiseSchedule:
@@ -435,8 +447,10 @@ class ContrastiveClassifier(CaptionedTask):
     def class_embeddings(self, device: torch.device) -> Tensor:
         """``(K, E)`` unit class embeddings: each prompt embedded, a class's prompts averaged and renormalised
         (CLIP's prompt ensembling, ``diffclf.models.clip.ensemble_prompts``)."""
-        text = self.net.encode_text(self.prompt_tokens.to(device))
-        return ensemble_prompts(text, self.prompts.owners, len(self.prompts.prompts)).to(device)
+        if self._class_embeddings is None or self._class_embeddings.device != device:
+            text = self.net.encode_text(self.prompt_tokens.to(device))
+            self._class_embeddings = ensemble_prompts(text, self.prompts.owners, len(self.prompts.prompts)).to(device)
+        return self._class_embeddings
 
     @torch.no_grad()
     def classify(self, images: Tensor, index: Tensor) -> Scored:
@@ -450,9 +464,8 @@ class ContrastiveClassifier(CaptionedTask):
     def match(self, images: Tensor, captions: Sequence[Sequence[str]], keys: Tensor) -> Tensor:
         """``(B, M)`` ``scale * cos(image b, caption)`` over each image's captions; ``keys`` are unused."""
         self._check_channels(images)
-        flat = sorted({c for group in captions for c in group})
+        flat, rows = caption_table(captions, len(images), images.device)
         text = self.net.encode_text(self.tokenizer.tokenize(flat).to(images.device))
-        rows = torch.tensor([[flat.index(c) for c in group] for group in captions], device=images.device)
         image = self.net.encode_image(images)
         return self.net.scale() * (image.unsqueeze(1) * text[rows]).sum(-1)
 

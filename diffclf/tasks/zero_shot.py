@@ -85,12 +85,16 @@ class PromptedTask(ClassifierTask):
                 "prompts_per_class": (p.per_class if p is not None else None)}
 
 
-def check_captions(captions: Sequence[Sequence[str]], batch: int) -> None:
-    """One caption list per image, all of one length (a ``(B, M)`` table of scores)."""
+def caption_table(captions: Sequence[Sequence[str]], batch: int, device: torch.device) -> tuple[list[str], Tensor]:
+    """The distinct captions (sorted: the rows of a text table) and ``(B, M)`` each image's rows in it; one caption
+    list per image, all of one length (a ``(B, M)`` table of scores)."""
     lengths = {len(group) for group in captions}
     if len(captions) != batch or len(lengths) != 1 or 0 in lengths:
         raise ValueError(f"match needs one list of captions per image ({batch} images), all of one non-zero length; "
                          f"got {len(captions)} lists of lengths {sorted(lengths)}")
+    flat = sorted({c for group in captions for c in group})
+    row = {c: i for i, c in enumerate(flat)}
+    return flat, torch.tensor([[row[c] for c in group] for group in captions], device=device)
 
 
 class DenoisingPromptedTask(PromptedTask):
@@ -130,10 +134,8 @@ class DenoisingPromptedTask(PromptedTask):
         caption on the same ``draws`` draws (default: the strategy's ``max_draws``; Li et al. score Winoground on
         1000 even timesteps). The draws depend on ``keys`` (``(B,)``), so the two images of a Winoground example,
         given one key, are scored on the same noise and timesteps too."""
-        check_captions(captions, len(images))
-        flat = sorted({c for group in captions for c in group})
         x = self.model_inputs(images)
-        rows = torch.tensor([[flat.index(c) for c in group] for group in captions], device=x.device)
+        flat, rows = caption_table(captions, len(images), x.device)
         n = int(draws or self.strategy.max_draws)
         scorer = Scorer(self.caption_denoiser(flat, x.device), self.match_schedule, x.shape[1], max_draws=n,
                         seed=self.hparams.seed, num_classes=len(flat), **self.scoring.scorer_kwargs())
