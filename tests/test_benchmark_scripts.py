@@ -251,3 +251,41 @@ def test_eval_choices_reweighting_matches_the_live_exp_row(tmp_path: Path) -> No
 def test_eval_choices_refuses_a_row_filter_that_matches_nothing(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no row name contains it"):
         eval_choices.main(["--ckpt_path", "unused.ckpt", "--only", "t in [0, 600)", "--out", str(tmp_path / "ec")])
+
+
+# ---------------------------------------------------------------------------------------------- time to accuracy
+def _curve(label: str, points: list[tuple[float, float]]) -> list[dict]:
+    return [{"label": label, "step": i + 1, "train_seconds": s, "images_seen": 128 * (i + 1), "images": 100,
+             "correct": round(100 * a), "accuracy": a, "ci_low": a - 0.05, "ci_high": min(1.0, a + 0.05)}
+            for i, (s, a) in enumerate(points)]
+
+
+def test_time_to_accuracy_targets_charge_the_baseline_its_plateau_and_merge_parts(tmp_path: Path) -> None:
+    """The baseline's time is its first mark within 1 point of its final accuracy (not the whole budget), and a
+    recipe meets the target when it first comes within 5 points by 10x that. Mutation tried: charging the
+    baseline its last mark (300 s) turns "late" (goal reached at 2,000 s > 10 x 150 s) into "met": fails."""
+    tta = _script("time_to_accuracy")
+    rows = {"resnet18": _curve("resnet18", [(60, 0.80), (150, 0.975), (300, 0.98)]),
+            "slow": _curve("slow", [(600, 0.90), (1500, 0.94), (3000, 0.99)]),
+            "fast": _curve("fast", [(300, 0.70), (900, 0.95)]),
+            "late": _curve("late", [(2000, 0.95)]),
+            "never": _curve("never", [(900, 0.5)])}
+    got = tta.within(rows, "resnet18", points=5, factor=10)
+    assert got["fast"]["baseline_seconds"] == 150 and got["fast"]["goal"] == pytest.approx(0.93)
+    assert got["fast"]["reached_at_seconds"] == 900 and got["fast"]["ratio"] == pytest.approx(6) and got["fast"]["met"]
+    assert got["slow"]["reached_at_seconds"] == 1500 and got["slow"]["ratio"] == pytest.approx(10) and got["slow"]["met"]
+    assert got["late"]["reached_at_seconds"] == 2000 and not got["late"]["met"]
+    assert got["never"]["reached_at_seconds"] is None and not got["never"]["met"] and got["never"]["open"]
+    meta = {"dataset": "d", "recipes": {}, "limit": 100, "trials": 10, "date": "now", "commit": "c", "points": 5,
+            "factor": 10, "baseline": None, "command": "x",
+            "machine": {"cpu": "cpu", "cpu_family_model": "1/2", "torch_threads": 1}}
+    parts = []
+    for name, labels in (("a", ["resnet18", "fast"]), ("b", ["never"])):
+        part = {"meta": {**meta, "recipes": {k: f"{k}.yaml" for k in labels}}, "curves": {k: rows[k] for k in labels}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(part))
+        parts.append(str(tmp_path / f"{name}.json"))
+    result = tta.main(["--dataset", "d", "--baseline", "resnet18", "--out", str(tmp_path / "all"), "--merge", *parts])
+    assert list(result["curves"]) == ["resnet18", "fast", "never"] and set(result["targets"]) == {"fast", "never"}
+    md = (tmp_path / "all.md").read_text()
+    assert "fast: goal 93.0%, reached at 900 s (6.0x): met" in md and "never: goal 93.0%, not reached in 900 s (best 50.0%): open (trained 900 of the 1500 s allowed)" in md
+    assert (tmp_path / "all.png").stat().st_size > 0

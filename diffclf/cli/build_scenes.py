@@ -20,12 +20,12 @@ owning them.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from diffclf.cli.build_folder import clear_build_folder
 from diffclf.data import scenes as sc
 
 _SUBFOLDERS = ("train", "test", "winoground", "cue_train", "cue_conflict")
@@ -44,27 +44,6 @@ def _npy(path: Path, array: np.ndarray) -> None:
 def _png(path: Path, image: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
-
-
-def _clear(out: Path) -> None:
-    """Make ``out`` ready: an empty or new folder, or an earlier build whose files are removed (a smaller
-    rebuild must not keep stale images); anything else is refused."""
-    if not out.exists():
-        out.mkdir(parents=True)
-        return
-    if not out.is_dir():
-        raise SystemExit(f"error: --out {out} is a file")
-    if any(out.iterdir()):
-        try:
-            earlier = json.loads((out / sc.META_FILE).read_text()).get("name") == "scenes"
-        except (OSError, ValueError, AttributeError):
-            earlier = False
-        if not earlier:
-            raise SystemExit(f"error: --out {out} is neither empty nor an earlier build-scenes folder")
-        for name in _SUBFOLDERS:
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (sc.META_FILE, "README.md", "cue_conflict.jsonl"):
-            (out / name).unlink(missing_ok=True)
 
 
 def _readme(meta: dict[str, Any]) -> str:
@@ -123,7 +102,7 @@ def build_scenes(
         raise SystemExit(f"error: {', '.join(bad) or f'--noise {noise}'}: counts must be >= 0 (train, test >= 1), "
                          "noise >= 0")
     root = Path(out)
-    _clear(root)
+    clear_build_folder(root, sc.META_FILE, "scenes", _SUBFOLDERS, ("README.md", "cue_conflict.jsonl"))
     for split in ("train", "test"):
         images, scenes = sc.make_split(split, counts[split], seed, size, noise)  # type: ignore[arg-type]
         _npy(root / split / sc.IMAGES_FILE, images)

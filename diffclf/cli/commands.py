@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "merge": "diffclf.metrics.predictions:merge_predictions",
     "build-shift": "diffclf.data.shifts:build_shift",
     "build-scenes": "diffclf.cli.build_scenes:build_scenes",
+    "build-fonts": "diffclf.cli.build_fonts:build_fonts",
     "cache-latents": "diffclf.cli.cache_latents:cache_latents",
     "compositional": "diffclf.cli.compositional:compositional",
 }

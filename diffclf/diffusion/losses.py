@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -114,25 +114,47 @@ def diffusion_loss(
     return {"loss": mse.mean() + vb, "mse": mse, "vb": vb}
 
 
+TimestepDensity = Literal["uniform", "logit_normal"]
+
+
 def sample_timesteps(
     batch: int,
     num_timesteps: int,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    density: TimestepDensity = "uniform",
+    loc: float = 0.0,
+    scale: float = 1.0,
 ) -> Tensor:
-    """Training timesteps, uniform integers in ``[0, num_timesteps)`` (DiT's ``torch.randint``).
+    """Training timesteps in ``[0, num_timesteps)``: uniform integers (DiT's ``torch.randint``) or
+    logit-normal, ``t = floor(T * sigmoid(loc + scale * n))`` with ``n ~ N(0, 1)`` (Esser et al. 2024,
+    "Scaling Rectified Flow Transformers", sec. 3.1), meant to put training where the class signal is
+    (mid ``t``) rather than at the ends, where every class predicts the same eps (on digits it did not
+    speed up learning the classes: ``benchmarks/results/time_to_accuracy/levers_digits.md``).
 
-    Drawn on the generator's own device and then moved, so a CPU generator gives the same
-    timesteps whether training runs on CPU or GPU.
+    Only the training density changes: scoring keeps its own timesteps, so the classifier's ELBO stays
+    the uniform-``t`` one. Drawn on the generator's own device and then moved, so a CPU generator gives
+    the same timesteps whether training runs on CPU or GPU.
     """
     draw_device = generator.device if generator is not None else device
-    t = torch.randint(0, num_timesteps, (batch,), generator=generator, device=draw_device)
+    if density == "uniform":
+        t = torch.randint(0, num_timesteps, (batch,), generator=generator, device=draw_device)
+    elif density == "logit_normal":
+        if scale <= 0:
+            raise ValueError(f"model.timestep_scale must be > 0 for logit_normal timesteps, got {scale}")
+        n = torch.randn(batch, generator=generator, device=draw_device, dtype=torch.float64)
+        u = torch.sigmoid(loc + scale * n)
+        t = (u * num_timesteps).long().clamp_(0, num_timesteps - 1)
+    else:
+        raise ValueError(f"model.timestep_density must be 'uniform' or 'logit_normal', got {density!r}")
     return t.to(device) if device is not None else t
 
 
 # Stream ids of the training draws: each quantity has its own generator seed, so drawing one of them
 # differently (another class-dropout rate, a latent posterior sample or not) never shifts the others.
-TRAINING_STREAMS = {"t": 0x7470, "eps": 0x657073, "drop": 0x64726F70, "posterior": 0x706F7374}
+TRAINING_STREAMS = {
+    "t": 0x7470, "eps": 0x657073, "drop": 0x64726F70, "posterior": 0x706F7374, "hybrid": 0x6879627264,
+}
 # Tags the training keys, so that they never coincide with the scorer's keys (``scoring.py``), which mix
 # the same seed.
 _TRAIN_TAG = 0x747261696E
@@ -163,7 +185,7 @@ def training_key(
 
 def training_generator(key: Sequence[int], stream: str, device: torch.device | str) -> torch.Generator:
     """A generator on ``device`` for one ``stream`` (``TRAINING_STREAMS``: ``t``, ``eps``, ``drop``,
-    ``posterior``) of a training key, seeded through a splitmix64 mixer so that nearby keys (consecutive
+    ``posterior``, ``hybrid``) of a training key, seeded through a splitmix64 mixer so that nearby keys (consecutive
     steps, neighbouring ranks) give unrelated streams."""
     return torch.Generator(device=device).manual_seed(mix_seed(*key, TRAINING_STREAMS[stream]))
 
@@ -175,6 +197,9 @@ def training_draws(
     dropout_prob: float,
     device: torch.device | str,
     dtype: torch.dtype = torch.float32,
+    density: TimestepDensity = "uniform",
+    loc: float = 0.0,
+    scale: float = 1.0,
 ) -> TrainingDraws:
     """Timesteps, eps and class-dropout mask of one training micro-batch of ``shape = (N, C, H, W)``.
 
@@ -182,11 +207,12 @@ def training_draws(
     differ from the CPU's, so a run on GPU does not repeat a CPU run's draws, but every run on the same
     kind of device does) seeded by :func:`training_generator`: the draws depend on ``key`` alone, never
     on the global RNG. The mask is DiT's rule, ``rand < dropout_prob``, and is ``None`` when
-    ``dropout_prob`` is 0.
+    ``dropout_prob`` is 0. ``density``, ``loc``, ``scale``: the timestep density (:func:`sample_timesteps`).
     """
     device = torch.device(device)
     n = shape[0]
-    t = sample_timesteps(n, num_timesteps, generator=training_generator(key, "t", device), device=device)
+    t = sample_timesteps(n, num_timesteps, generator=training_generator(key, "t", device), device=device,
+                         density=density, loc=loc, scale=scale)
     noise = torch.randn(tuple(shape), generator=training_generator(key, "eps", device), device=device,
                         dtype=dtype)
     drop = None

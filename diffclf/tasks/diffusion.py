@@ -18,7 +18,14 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from diffclf.data.label_spaces import label_space_logits, label_space_scores
-from diffclf.diffusion.losses import diffusion_loss, training_draws, training_generator, training_key
+from diffclf.diffusion.hybrid import elbo_cross_entropy, hybrid_candidates
+from diffclf.diffusion.losses import (
+    TimestepDensity,
+    diffusion_loss,
+    training_draws,
+    training_generator,
+    training_key,
+)
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer, ScoringOptions
 from diffclf.models.checkpoints import read_checkpoint
@@ -50,6 +57,18 @@ class DiffusionClassifier(ClassifierTask):
         vae: local SD-VAE folder; images are then encoded to latents (mean for scoring,
             a posterior sample for training).
         class_dropout_prob: probability of replacing the label by the null class while training.
+        timestep_density, timestep_loc, timestep_scale: the training timesteps' density, ``uniform`` (DiT's)
+            or ``logit_normal`` with that location and scale (``diffclf.diffusion.losses.sample_timesteps``);
+            scoring keeps its own timesteps.
+        hybrid_weight: weight of the cross-entropy on the shared-noise ELBO logits added to the eps loss
+            (``diffclf.diffusion.hybrid``; 0 turns it off). It trains the class differences the classifier
+            reads, which the eps loss learns late.
+        hybrid_images, hybrid_classes: the first ``hybrid_images`` images of each batch (reusing their
+            ``t`` and eps) against their true class and ``hybrid_classes - 1`` others at random (all classes
+            when null): ``hybrid_images * hybrid_classes`` extra forwards per step.
+        hybrid_temperature: the logits are ``-err / temperature`` with ``err`` summed over dimensions.
+        cond_lr_mult: learning-rate multiplier of the class-embedding table, the only class-specific
+            weights of a DiT.
         lr, weight_decay, betas, warmup_steps: AdamW with a linear warmup, then constant (DiT).
         lr_schedule, lr_final_ratio: ``cosine`` anneals the rate to ``lr * lr_final_ratio`` by the
             trainer's last step (short budgets); ``constant`` is DiT's.
@@ -97,6 +116,14 @@ class DiffusionClassifier(ClassifierTask):
         init_from: str | None = None,
         vae: str | None = None,
         class_dropout_prob: float = 0.1,
+        timestep_density: TimestepDensity = "uniform",
+        timestep_loc: float = 0.0,
+        timestep_scale: float = 1.0,
+        hybrid_weight: float = 0.0,
+        hybrid_images: int = 16,
+        hybrid_classes: int | None = None,
+        hybrid_temperature: float = 1.0,
+        cond_lr_mult: float = 1.0,
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -131,6 +158,7 @@ class DiffusionClassifier(ClassifierTask):
             raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
+        check_hybrid(hybrid_weight, hybrid_images, hybrid_classes, hybrid_temperature, cond_lr_mult)
         self.schedule = NoiseSchedule(num_timesteps, beta_start, beta_end)
         self.codec = None
         if vae is not None:
@@ -236,13 +264,17 @@ class DiffusionClassifier(ClassifierTask):
             x0 = self.encode(images, sample=True)
         self._check_input(x0)
         dropout = self.dit.y_embedder.dropout_prob if self.dit.training else 0.0
+        hp = self.hparams
         t, noise, drop = training_draws(
-            key, x0.shape, self.schedule.num_timesteps, dropout, x0.device, x0.dtype
+            key, x0.shape, self.schedule.num_timesteps, dropout, x0.device, x0.dtype,
+            density=hp.timestep_density, loc=hp.timestep_loc, scale=hp.timestep_scale,
         )
         x_t = self.schedule.q_sample(x0, t, noise)
         out = self.dit(x_t, t, labels, force_drop_ids=drop)  # drop: label -> null class (None: no dropout)
-        losses = diffusion_loss(out, x0, x_t, t, noise, self.schedule, self.hparams.learn_sigma)
+        losses = diffusion_loss(out, x0, x_t, t, noise, self.schedule, hp.learn_sigma)
         loss = losses["loss"]
+        if hp.hybrid_weight > 0:
+            loss = loss + hp.hybrid_weight * self._hybrid_loss(key, x_t, t, noise, labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss became {loss.item()} at global step {self.global_step} "
@@ -252,6 +284,24 @@ class DiffusionClassifier(ClassifierTask):
         if self.hparams.learn_sigma:
             self.log("train/mse", losses["mse"].mean(), batch_size=x0.shape[0])
         return loss
+
+    def _hybrid_loss(self, key: tuple[int, ...], x_t: Tensor, t: Tensor, noise: Tensor, labels: Tensor) -> Tensor:
+        """Cross-entropy on the ELBO logits of the batch's first ``hybrid_images`` images, on their own draws
+        (``diffclf.diffusion.hybrid``); candidates come from the step's ``hybrid`` stream, so resumes repeat them."""
+        hp = self.hparams
+        m = min(hp.hybrid_images, x_t.shape[0])
+        cands = hybrid_candidates(labels[:m], hp.num_classes, hp.hybrid_classes,
+                                  training_generator(key, "hybrid", x_t.device))
+        channels = x_t.shape[1]
+
+        def denoise(x: Tensor, tt: Tensor, y: Tensor) -> Tensor:
+            keep = torch.zeros_like(y)  # explicit candidates: never the null class
+            return self.dit(x, tt, y, force_drop_ids=keep)[:, :channels]
+
+        ce, err = elbo_cross_entropy(denoise, x_t[:m], t[:m], noise[:m], cands, hp.hybrid_temperature)
+        self.log("train/hybrid_ce", ce, batch_size=m)
+        self.log("train/hybrid_acc", (err.argmin(dim=1) == 0).float().mean(), batch_size=m)
+        return ce
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         decay = ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup)
@@ -268,7 +318,7 @@ class DiffusionClassifier(ClassifierTask):
         set_data_epoch(self)
 
     def configure_optimizers(self) -> Any:
-        return scheduled_adamw(self, [p for p in self.dit.parameters() if p.requires_grad])
+        return scheduled_adamw(self, conditioning_groups(self.dit, self.hparams.lr, self.hparams.cond_lr_mult))
 
     # ------------------------------------------------------------------ validation
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
@@ -459,9 +509,40 @@ def set_data_epoch(module: LightningModule) -> None:
         dm.set_epoch(module.current_epoch)
 
 
-def scheduled_adamw(module: LightningModule, params: list[torch.nn.Parameter]) -> Any:
+def check_hybrid(weight: float, images: int, classes: int | None, temperature: float, cond_lr_mult: float) -> None:
+    """One line per bad option of the hybrid objective and the conditioning rate, before any training."""
+    if weight < 0:
+        raise ValueError(f"model.hybrid_weight must be >= 0, got {weight}")
+    if images < 1:
+        raise ValueError(f"model.hybrid_images must be >= 1, got {images}")
+    if classes is not None and classes < 2:
+        raise ValueError(f"model.hybrid_classes must be null (all classes) or >= 2, got {classes}")
+    if temperature <= 0:
+        raise ValueError(f"model.hybrid_temperature must be > 0, got {temperature}")
+    if cond_lr_mult <= 0:
+        raise ValueError(f"model.cond_lr_mult must be > 0, got {cond_lr_mult}")
+
+
+def conditioning_groups(
+    dit: torch.nn.Module, lr: float, cond_lr_mult: float
+) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
+    """AdamW parameter groups: the class-embedding table at ``lr * cond_lr_mult``, the rest at ``lr``.
+
+    Adam moves every weight by about ``lr`` per step whatever its gradient, and DiT initialises the table at
+    std 0.02, so at ``lr = 1e-3`` the class embedding needs hundreds of steps to matter beside the timestep
+    embedding it is added to; a larger rate for the table alone speeds that up. With ``cond_lr_mult = 1``
+    one group, as before, so the optimizer states of earlier training checkpoints still resume."""
+    params = [p for p in dit.parameters() if p.requires_grad]
+    table = dit.y_embedder.embedding_table.weight
+    if cond_lr_mult == 1.0 or not table.requires_grad:
+        return params
+    return [{"params": [p for p in params if p is not table], "lr": lr}, {"params": [table], "lr": lr * cond_lr_mult}]
+
+
+def scheduled_adamw(module: LightningModule, params: list[torch.nn.Parameter] | list[dict[str, Any]]) -> Any:
     """AdamW with the module's ``lr``, ``weight_decay``, ``betas``, a linear warmup of ``warmup_steps``, then a
-    constant rate (DiT's) or a cosine to ``lr * lr_final_ratio`` by the trainer's last step."""
+    constant rate (DiT's) or a cosine to ``lr * lr_final_ratio`` by the trainer's last step. ``params``: the
+    parameters, or parameter groups with their own ``lr`` (the schedule scales every group alike)."""
     hp = module.hparams
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
     if hp.warmup_steps <= 0 and hp.lr_schedule == "constant":
