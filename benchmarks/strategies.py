@@ -30,21 +30,21 @@ from pathlib import Path
 import torch
 
 from diffclf.cli.allocator import keep_freed_memory
-from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.metrics.provenance import command_line, git, machine, utc_now
 from diffclf.models.checkpoints import read_checkpoint
 from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Strategy
 from diffclf.strategies.replay import ReplayScorer
 from diffclf.tasks.analysis import (
     load_diffusion_task,
+    mark_pareto,
     parse_overrides,
     pct,
     run_live,
     run_replay,
     split_batches,
+    summarise,
 )
 from diffclf.tasks.diffusion import describe_strategy
-
 
 # The recorded tables (benchmarks/results/strategies_*.md) were measured with the one-sided test, the
 # only one PairedTTest had then; pinned so that this script reproduces them.
@@ -63,62 +63,6 @@ def default_strategies(draws: int = 100) -> list[tuple[str, Strategy]]:
         ("ttest a=0.05 min=10", PairedTTest(alpha=0.05, min_trials=10, max_trials=d, round_size=10, alternative=ONE_SIDED)),
         ("ttest a=0.1 min=10 round=5", PairedTTest(alpha=0.1, min_trials=10, max_trials=d, round_size=5, alternative=ONE_SIDED)),
     ]
-
-
-def summarise(name: str, strategy: Strategy, run: dict, ref: dict | None, level: float = 0.95) -> dict:
-    """One table row of a live or replayed run: accuracy with its exact interval, forwards, and the
-    paired comparison with the exhaustive reference (a strategy is judged by what it changes on the
-    same images, not by two accuracies side by side); t-tests add where their forwards go."""
-    pred, target, fwd = run["pred"], run["target"], run["forwards"].double()
-    n = int(target.numel())
-    k = int((pred == target).sum())
-    low, high = clopper_pearson(k, n, level)
-    row = {
-        "name": name,
-        "strategy": describe_strategy(strategy),
-        "images": n,
-        "correct": k,
-        "accuracy": k / n,
-        "ci_low": low,
-        "ci_high": high,
-        "forwards_per_image": float(fwd.mean()),
-        "forwards_min": int(fwd.min()),
-        "forwards_median": float(fwd.median()),
-        "forwards_max": int(fwd.max()),
-    }
-    if "seconds" in run:
-        row["seconds_per_image"] = run["seconds"] / n
-        row["loadavg_1min_before_after"] = run["loadavg_1min"]
-    if ref is not None:
-        ref_ok = ref["pred"] == ref["target"]
-        ok = pred == target
-        row["forwards_pct_of_exhaustive"] = 100 * float(fwd.mean()) / float(ref["forwards"].double().mean())
-        row["agreement"] = float((pred == ref["pred"]).double().mean())
-        row["accuracy_diff_points"] = 100 * (k / n - float(ref_ok.double().mean()))
-        row["fixed_vs_exhaustive"] = int((ok & ~ref_ok).sum())
-        row["broken_vs_exhaustive"] = int((~ok & ref_ok).sum())
-    if isinstance(strategy, PairedTTest):
-        from diffclf.strategies.ttest import critical_t
-
-        # images the tests never settled: two or more classes still in at max_trials (decided by mean error)
-        undecided = run["finalists"] >= 2
-        K = int(run["num_candidates"])
-        first = -(-strategy.min_trials // strategy.round_size) * strategy.round_size  # first tested prefix
-        first = min(first, strategy.max_trials)
-        row["candidates"] = K
-        row["floor_forwards"] = first * K
-        row["floor_pct_of_exhaustive"] = (
-            100 * first * K / float(ref["forwards"].double().mean()) if ref is not None else None
-        )
-        row["critical_t_first_test"] = critical_t(strategy.alpha, first)
-        row["critical_t_at_max_trials"] = critical_t(strategy.alpha, strategy.max_trials)
-        row["images_undecided_at_max_trials"] = int(undecided.sum())
-        row["forwards_per_image_undecided"] = float(fwd[undecided].mean()) if undecided.any() else None
-        row["forwards_per_image_decided"] = float(fwd[~undecided].mean()) if (~undecided).any() else None
-        row["correct_among_undecided"] = int((pred == target)[undecided].sum())
-        if ref is not None:
-            row["exhaustive_errors_among_undecided"] = int((ref["pred"] != ref["target"])[undecided].sum())
-    return row
 
 
 def sweep_strategies() -> list[tuple[str, Strategy]]:
@@ -247,17 +191,6 @@ def markdown(meta: dict, rows: list[dict], sweep: list[dict], discussion: str) -
             )
         lines.append("")
     return "\n".join(lines)
-
-
-def mark_pareto(rows: list[dict]) -> None:
-    for r in rows:
-        r["pareto"] = not any(
-            o is not r
-            and o["forwards_per_image"] <= r["forwards_per_image"]
-            and o["accuracy"] >= r["accuracy"]
-            and (o["forwards_per_image"] < r["forwards_per_image"] or o["accuracy"] > r["accuracy"])
-            for o in rows
-        )
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,6 +17,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from diffclf.data import LabelSpace
 from diffclf.strategies import Adaptive, Exhaustive, PairedTTest
@@ -39,6 +40,7 @@ def _script(name: str) -> ModuleType:
 
 
 corruption_breakdown = _script("corruption_breakdown")
+error_control = _script("error_control")
 eval_choices = _script("eval_choices")
 strategies = _script("strategies")
 
@@ -219,6 +221,37 @@ def test_strategies_runs_live_replays_and_renders(tmp_path: Path) -> None:
     assert "classified live, untimed" in md and "adaptive [1]x[2]†" in md
     again = strategies.main(["--out", str(tmp_path / "s"), "--render"])
     assert again["strategies"] == json.loads(json.dumps(rows)) and (tmp_path / "s.md").read_text() == md
+
+
+@needs_ckpt
+def test_error_control_records_fits_on_training_images_and_replays_what_runs_live(tmp_path: Path) -> None:
+    common = ["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--draws", "8", "--threads", "1"]
+    error_control.main(["record", *common, "--split", "test", "--limit", "4", "--out", str(tmp_path / "te.pt")])
+    error_control.main(["record", *common, "--split", "train", "--limit", "6", "--out", str(tmp_path / "tr.pt")])
+    table = torch.load(tmp_path / "te.pt", weights_only=False)
+    assert table["errors"].shape == (4, 10, 8) and not torch.isnan(table["errors"]).any()
+    assert table["meta"]["split"] == "test" and table["timesteps"].shape == (8,)
+    error_control.main([
+        "evaluate", "--train", str(tmp_path / "tr.pt"), "--test", str(tmp_path / "te.pt"),
+        "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--threads", "1", "--bins", "4",
+        "--max_drop_points", "100", "--min_agreement", "0", "--out", str(tmp_path / "ec"),
+    ])
+    result = json.loads((tmp_path / "ec.json").read_text())
+    test_rows = {r["name"]: r for r in result["test"]}
+    assert test_rows["exhaustive"]["forwards_per_image"] == 80 and test_rows["exhaustive"]["agreement"] == 1.0
+    chosen = result["chosen"]["name"]
+    assert chosen in test_rows and chosen in {r["name"] for r in result["train"]}
+    train_cost = {r["name"]: r["forwards_per_image"] for r in result["train"]}
+    assert train_cost[chosen] == min(train_cost.values())  # the fit rule with no accuracy constraint
+    assert result["live"]["replay_matches_live"] is True
+    assert len(result["profile"]["timestep_scale"]) == 4
+    preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
+    assert preset["class_path"] == "diffclf.strategies.Racing" and preset["init_args"]["max_trials"] == 8
+    with pytest.raises(SystemExit, match="--test .*recorded on the train split, expected test"):
+        error_control.main([
+            "evaluate", "--train", str(tmp_path / "tr.pt"), "--test", str(tmp_path / "tr.pt"),
+            "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--out", str(tmp_path / "bad"),
+        ])
 
 
 # ---------------------------------------------------------------------------------------------- eval choices

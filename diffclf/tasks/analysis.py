@@ -11,7 +11,9 @@ script that the others import:
 - :func:`load_diffusion_task`: a checkpoint as a diffusion task over the data's label space;
 - :func:`run_live` / :func:`run_replay`: one strategy over those batches, live (timed, optionally keeping
   every per-draw error) or replayed from recorded errors (``diffclf.strategies.replay``), with the
-  per-image predictions, targets and forwards that the comparisons are made of.
+  per-image predictions, targets and forwards that the comparisons are made of;
+- :func:`summarise` / :func:`mark_pareto`: a run as a table row against the exhaustive reference (exact
+  interval, agreement, forwards) and the Pareto flags of a table (``strategies.py``, ``error_control.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from torch.utils.data import DataLoader
 
 from diffclf.configs import load_preset
 from diffclf.diffusion.scoring import Scorer, ScoreTable
-from diffclf.strategies import Strategy
+from diffclf.metrics.accuracy import clopper_pearson
+from diffclf.strategies import PairedTTest, Strategy
+from diffclf.strategies.ttest import critical_t
 from diffclf.tasks.base import Batch
 from diffclf.tasks.checkpoints import load_task
-from diffclf.tasks.diffusion import DiffusionClassifier
+from diffclf.tasks.diffusion import DiffusionClassifier, describe_strategy
 
 
 def pct(x: float) -> str:
@@ -210,3 +214,70 @@ def run_replay(
         out = _classify_all(task, strategy, batches)
     del out["seconds"]
     return out
+
+
+def summarise(name: str, strategy: Strategy, run: dict, ref: dict | None, level: float = 0.95) -> dict:
+    """One table row of a live or replayed run: accuracy with its exact interval, forwards, and the
+    paired comparison with the exhaustive reference (a strategy is judged by what it changes on the
+    same images, not by two accuracies side by side); t-tests add where their forwards go."""
+    pred, target, fwd = run["pred"], run["target"], run["forwards"].double()
+    n = int(target.numel())
+    k = int((pred == target).sum())
+    low, high = clopper_pearson(k, n, level)
+    row = {
+        "name": name,
+        "strategy": describe_strategy(strategy),
+        "images": n,
+        "correct": k,
+        "accuracy": k / n,
+        "ci_low": low,
+        "ci_high": high,
+        "forwards_per_image": float(fwd.mean()),
+        "forwards_min": int(fwd.min()),
+        "forwards_median": float(fwd.median()),
+        "forwards_max": int(fwd.max()),
+    }
+    if "seconds" in run:
+        row["seconds_per_image"] = run["seconds"] / n
+        row["loadavg_1min_before_after"] = run["loadavg_1min"]
+    if ref is not None:
+        ref_ok = ref["pred"] == ref["target"]
+        ok = pred == target
+        row["forwards_pct_of_exhaustive"] = 100 * float(fwd.mean()) / float(ref["forwards"].double().mean())
+        row["agreement"] = float((pred == ref["pred"]).double().mean())
+        row["accuracy_diff_points"] = 100 * (k / n - float(ref_ok.double().mean()))
+        row["fixed_vs_exhaustive"] = int((ok & ~ref_ok).sum())
+        row["broken_vs_exhaustive"] = int((~ok & ref_ok).sum())
+    if isinstance(strategy, PairedTTest):
+        # images the tests never settled: two or more classes still in at max_trials (decided by mean error)
+        undecided = run["finalists"] >= 2
+        K = int(run["num_candidates"])
+        first = -(-strategy.min_trials // strategy.round_size) * strategy.round_size  # first tested prefix
+        first = min(first, strategy.max_trials)
+        row["candidates"] = K
+        row["floor_forwards"] = first * K
+        row["floor_pct_of_exhaustive"] = (
+            100 * first * K / float(ref["forwards"].double().mean()) if ref is not None else None
+        )
+        row["critical_t_first_test"] = critical_t(strategy.alpha, first)
+        row["critical_t_at_max_trials"] = critical_t(strategy.alpha, strategy.max_trials)
+        row["images_undecided_at_max_trials"] = int(undecided.sum())
+        row["forwards_per_image_undecided"] = float(fwd[undecided].mean()) if undecided.any() else None
+        row["forwards_per_image_decided"] = float(fwd[~undecided].mean()) if (~undecided).any() else None
+        row["correct_among_undecided"] = int((pred == target)[undecided].sum())
+        if ref is not None:
+            row["exhaustive_errors_among_undecided"] = int((ref["pred"] != ref["target"])[undecided].sum())
+    return row
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """Flag each row ``pareto``: no other row has both fewer-or-equal forwards and higher-or-equal accuracy
+    (and is better in one)."""
+    for r in rows:
+        r["pareto"] = not any(
+            o is not r
+            and o["forwards_per_image"] <= r["forwards_per_image"]
+            and o["accuracy"] >= r["accuracy"]
+            and (o["forwards_per_image"] < r["forwards_per_image"] or o["accuracy"] > r["accuracy"])
+            for o in rows
+        )
