@@ -133,12 +133,14 @@ def official_eval(
 
 def engine_eval(
     dit: DiT, latents: Tensor, class_ids: Tensor, keep: list[int], trials: list[int], schedule: NoiseSchedule,
-    all_noise: Tensor, batch_size: int, loss: str = "l2",
+    all_noise: Tensor, batch_size: int, loss: str = "l2", precision: str = "32",
 ) -> Classification:
-    """diffclf's engine on the same work: ``Adaptive(schedule="official")`` over the same noise bank."""
+    """diffclf's engine on the same work: ``Adaptive(schedule="official")`` over the same noise bank
+    (``precision`` ``bf16``: the denoiser under bf16 autocast, errors in fp32, as ``scoring.precision``)."""
     strategy = Adaptive(keep, trials, schedule="official")
     scorer = Scorer(dit, schedule, latents.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
-                    error=loss, num_classes=dit.num_classes, order=strategy.draw_order, noise_bank=all_noise)
+                    error=loss, num_classes=dit.num_classes, order=strategy.draw_order, noise_bank=all_noise,
+                    autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
     index = torch.arange(latents.shape[0], device=latents.device)
     with torch.no_grad():
         return strategy.classify(scorer, latents, index, class_ids)
@@ -185,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=32, help="the official loop's batch")
     parser.add_argument("--engine_batch_sizes", type=int, nargs="+", default=[32, 256],
                         help="diffclf engine batches to time on the same work (32 = the official's)")
+    parser.add_argument("--engine_precisions", nargs="+", default=["32"], choices=("32", "bf16"),
+                        help="engine precisions to time (bf16: autocast; the official loop is always fp32)")
     parser.add_argument("--loss", default="l2", choices=("l2", "l1"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -225,23 +229,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"official loop, batch {args.batch_size}: {official['forwards_per_s']:.1f} forwards/s, "
           f"{official['seconds_per_image']:.3f} s/image ({official['forwards_per_image']:.0f} forwards/image)")
     engine = []
-    for b in args.engine_batch_sizes:
-        engine_eval(dit, latents[:1], class_ids[:2], [1], [2], schedule, all_noise, b, args.loss)
+    for precision, b in ((p, b) for p in args.engine_precisions for b in args.engine_batch_sizes):
+        engine_eval(dit, latents[:1], class_ids[:2], [1], [2], schedule, all_noise, b, args.loss, precision)
         run = functools.partial(engine_eval, dit, latents, class_ids, args.keep, args.trials, schedule, all_noise,
-                                b, args.loss)
+                                b, args.loss, precision)
         result, sec = _timed(run, device)
         fwd = float(result.forwards.sum())
-        row = {"batch_size": b, "seconds_per_image": sec / args.images, "forwards_per_image": fwd / args.images,
+        row = {"precision": precision, "batch_size": b, "seconds_per_image": sec / args.images,
+               "forwards_per_image": fwd / args.images,
                "forwards_per_s": fwd / sec, "pred": result.pred.tolist(),
                "agrees_with_official": sum(int(a == o) for a, o in zip(result.pred.tolist(), preds)),
                "speedup_vs_official": official["seconds_per_image"] / (sec / args.images)}
         engine.append(row)
-        print(f"diffclf engine, batch {b}: {row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
+        print(f"diffclf engine, {precision}, batch {b}: {row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
               f"s/image = {row['speedup_vs_official']:.2f}x the official loop; same prediction on "
               f"{row['agrees_with_official']}/{args.images} images")
     flops = dit_flops(dit.config)
     out = {
-        "what": "official eval_prob_adaptive loop vs diffclf engine, same schedule, noise and weights, fp32",
+        "what": ("official eval_prob_adaptive loop (fp32) vs diffclf engine (precision per row), same schedule, "
+                 "noise and weights"),
         "model": label, "config": dit.config, "gflops_per_forward": flops / 1e9, "images": args.images,
         "classes": len(class_ids), "keep": args.keep, "trials": args.trials, "loss": args.loss,
         "official": official, "engine": engine,

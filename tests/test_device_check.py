@@ -73,6 +73,10 @@ def test_official_loop_scores_what_the_engine_scores() -> None:
         official_means = torch.stack([record[j]["pred_errors"].mean() for j in range(len(classes))])
         torch.testing.assert_close(official_means, engine.mean_error[i])
     assert len({len(r["t"]) for r in record.values()}) == 3  # the classes dropped at each stage got fewer draws
+    bf16 = official_loop.engine_eval(dit, x, classes, keep, trials, schedule, noise, batch_size=32, precision="bf16")
+    assert torch.equal(bf16.forwards, engine.forwards)  # the same work, under autocast
+    assert not torch.equal(bf16.mean_error, engine.mean_error)  # and it did run in bf16
+    torch.testing.assert_close(bf16.mean_error, engine.mean_error, rtol=0.15, atol=0.02, equal_nan=True)
 
 
 def test_official_eval_keeps_the_official_batch_loop() -> None:
