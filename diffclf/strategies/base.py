@@ -110,13 +110,14 @@ class Classification:
         return self.candidates.gather(1, self.rank_scores().topk(k, dim=1).indices)
 
 
-def from_table(table: ScoreTable, stage: Tensor | None = None) -> Classification:
-    """A :class:`Classification` straight from a score table (``stage`` as in :class:`Classification`)."""
+def from_table(table: ScoreTable, stage: Tensor | None = None, tiebreak: Tensor | None = None) -> Classification:
+    """A :class:`Classification` straight from a score table (``stage`` and ``tiebreak`` as in
+    :class:`Classification`)."""
     counts = table.counts
     if stage is not None:
         stage = torch.where(counts > 0, stage.float(), torch.full_like(stage.float(), -math.inf))
     return Classification(
-        table.candidates, table.mean_error(), counts, table.forwards.clone(), stage=stage,
+        table.candidates, table.mean_error(), counts, table.forwards.clone(), stage=stage, tiebreak=tiebreak,
         errors=table.errors[:, :, : max(table.horizon, 1)],
     )
 

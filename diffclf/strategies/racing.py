@@ -24,12 +24,23 @@ import torch
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import Classification, Strategy
+from diffclf.strategies.base import Classification, Strategy, from_table
 
 
 def _bins(timesteps: Tensor, num_bins: int, num_timesteps: int) -> Tensor:
     """Bin ``j`` of each timestep: ``t`` in ``[j T / J, (j + 1) T / J)``."""
     return (timesteps.double() * num_bins / num_timesteps).long().clamp(0, num_bins - 1)
+
+
+def _runs(slots: list[int]) -> list[tuple[int, int]]:
+    """``slots`` as ``[start, stop)`` runs of consecutive draws: one scorer call (and host sync) per run."""
+    runs: list[tuple[int, int]] = []
+    for k in slots:
+        if runs and runs[-1][1] == k:
+            runs[-1] = (runs[-1][0], k + 1)
+        else:
+            runs.append((k, k + 1))
+    return runs
 
 
 def fit_timestep_profile(
@@ -167,7 +178,7 @@ class Racing(Strategy):
         while n < self.max_trials:
             stop = min(max(n + self.round_size, self.min_trials), self.max_trials)
             active = remaining & ~finished.unsqueeze(1)
-            spent = sum(scorer.score(table, x, index, k, k + 1, active) for k in order[n:stop])
+            spent = sum(scorer.score(table, x, index, a, b, active) for a, b in _runs(order[n:stop]))
             if spent == 0:  # every image is done
                 break
             n, rounds = stop, rounds + 1
@@ -175,20 +186,8 @@ class Racing(Strategy):
             z = self._standardised(table.errors, weights, order[:n])
             remaining &= ~self._drop(z, active)
             finished = finished | (remaining.sum(dim=1) <= 1)
-        scored = order[:n] if n else order[:1]
-        z = self._standardised(table.errors, weights, scored)
-        counts = table.counts
-        mean_z = torch.where(counts > 0, torch.nanmean(z, dim=-1), torch.full((B, M), math.nan, device=device))
-        final = stage + remaining.float()
-        return Classification(
-            table.candidates,
-            table.mean_error(),
-            counts,
-            table.forwards.clone(),
-            stage=torch.where(counts > 0, final, torch.full_like(final, -math.inf)),
-            tiebreak=-mean_z,
-            errors=table.errors[:, :, : max(table.horizon, 1)],
-        )
+        z = self._standardised(table.errors, weights, order[: max(n, 1)])
+        return from_table(table, stage + remaining.float(), tiebreak=-torch.nanmean(z, dim=-1))
 
     @staticmethod
     def _standardised(errors: Tensor, weights: Tensor, slots: list[int]) -> Tensor:
