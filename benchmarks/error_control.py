@@ -77,7 +77,7 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
         "data": args.data,
         "split": args.split,
         "draws": args.draws,
-        "scoring": task.scoring.record(),
+        "scoring": task.scoring.record(task.device),
         "seed": task.hparams.seed,
         "accuracy": acc,
         "seconds": run["seconds"],

@@ -17,6 +17,17 @@ output layers are filled with N(0, 0.02²) so that classes differ), or ``--ckpt_
 
     python benchmarks/official_loop.py --model DiT-XL/2 --device cuda --images 2 --classes 1000 \
         --keep 500 50 10 1 --trials 50 100 500 1000 --out FILE
+
+**End to end at equal accuracy** (``--data``, with ``--ckpt_path``): the inputs are the first ``--images`` test
+images of a data preset with their labels, so every row also has an accuracy with its exact interval, and
+``--engine_strategies`` adds rows of diffclf as a user runs it: a strategy preset (its own draws, not the
+official noise bank) through ``DiffusionClassifier.classify`` at ``--engine_strategy_precision`` (default
+``auto``), each with its speed-up over the official loop and whether its accuracy lies in the official's
+interval::
+
+    python benchmarks/official_loop.py --ckpt_path checkpoints/fashion_mnist_dit_t4_stage3.ckpt \
+        --data fashion_mnist --data_arg image_size=28 --images 200 --keep 5 1 --trials 50 500 \
+        --engine_precisions 32 auto --engine_batch_sizes 256 --engine_strategies ttest_fashion --threads 1 --out FILE
 """
 
 from __future__ import annotations
@@ -34,12 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffclf.configs import load_preset
+from diffclf.diffusion.precision import resolve_precision
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
+from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.metrics.provenance import provenance
 from diffclf.models.dit import DiT, create_dit, dit_flops
-from diffclf.strategies import Adaptive
+from diffclf.strategies import Adaptive, Strategy
 from diffclf.strategies.base import Classification
+from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, run_live, split_batches
+from diffclf.tasks.diffusion import describe_strategy
 
 R = TypeVar("R")
 
@@ -136,11 +152,13 @@ def engine_eval(
     all_noise: Tensor, batch_size: int, loss: str = "l2", precision: str = "32",
 ) -> Classification:
     """diffclf's engine on the same work: ``Adaptive(schedule="official")`` over the same noise bank
-    (``precision`` ``bf16``: the denoiser under bf16 autocast, errors in fp32, as ``scoring.precision``)."""
+    (``precision`` ``bf16``: the denoiser under bf16 autocast, errors in fp32, as ``scoring.precision``;
+    ``auto``: bf16 where the device has native bf16)."""
     strategy = Adaptive(keep, trials, schedule="official")
+    ran, _ = resolve_precision(precision, latents.device)
     scorer = Scorer(dit, schedule, latents.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
                     error=loss, num_classes=dit.num_classes, order=strategy.draw_order, noise_bank=all_noise,
-                    autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+                    autocast_dtype=torch.bfloat16 if ran == "bf16" else None)
     index = torch.arange(latents.shape[0], device=latents.device)
     with torch.no_grad():
         return strategy.classify(scorer, latents, index, class_ids)
@@ -155,6 +173,64 @@ def fill_zero_layers(dit: DiT, seed: int = 0) -> DiT:
             if p.dim() >= 2 and not p.any():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     return dit
+
+
+def accuracy(pred: list[int], target: list[int] | None, level: float = 0.95) -> dict:
+    """Accuracy with its exact interval (empty without labels: random inputs have none)."""
+    if target is None:
+        return {}
+    k = sum(int(p == t) for p, t in zip(pred, target))
+    low, high = clopper_pearson(k, len(target), level)
+    return {"correct": k, "accuracy": k / len(target), "ci_low": low, "ci_high": high}
+
+
+def real_inputs(args: argparse.Namespace, device: torch.device):
+    """The checkpoint's task and the first ``--images`` test images of ``--data``: model inputs (encoded as
+    ``test`` encodes them), labels as model class ids, and the batches for the strategy rows."""
+    if not args.ckpt_path:
+        raise SystemExit("error: --data needs --ckpt_path (a model trained on that data)")
+    try:
+        dm, batches = split_batches(args.data, parse_overrides(args.data_arg), args.images)
+        task = load_diffusion_task(args.ckpt_path, dm)
+    except (FileNotFoundError, TypeError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    space = dm.label_space
+    if any(len(ids) != 1 for ids in space.model_classes):
+        raise SystemExit(f"error: --data {args.data}: every class must be one model class (the official loop "
+                         "predicts model class ids)")
+    task = task.to(device).eval()
+    images = torch.cat([b[0] for b in batches]).to(device)
+    with torch.no_grad():
+        latents = task.encode(images, sample=False)
+    targets = [space.model_classes[int(y)][0] for b in batches for y in b[1]]
+    return task, latents, targets, batches
+
+
+def strategy_rows(task, batches, specs: list[str], precision: str, official: dict, level: float = 0.95) -> list[dict]:
+    """diffclf as ``test`` runs it: each strategy preset through ``task.classify`` at ``precision``."""
+    rows = []
+    for spec in specs:
+        try:
+            strategy = load_preset("strategy", spec, Strategy, "--engine_strategies")
+        except (FileNotFoundError, TypeError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
+        task.set_scoring(precision=precision)
+        run_live(task, strategy, [(b[0][:1], b[1][:1], b[2][:1]) for b in batches[:1]])  # warm-up
+        run = run_live(task, strategy, batches)
+        n = len(run["target"])
+        row = {"strategy_preset": spec, "strategy": describe_strategy(strategy),
+               "scoring": task.scoring.record(task.device), "seconds_per_image": run["seconds"] / n,
+               "forwards_per_image": float(run["forwards"].double().mean()),
+               **accuracy(run["pred"].tolist(), [int(y) for y in run["target"]], level),
+               "speedup_vs_official": official["seconds_per_image"] / (run["seconds"] / n),
+               "loadavg_1min_before_after": run["loadavg_1min"]}
+        row["within_official_interval"] = official["ci_low"] <= row["accuracy"] <= official["ci_high"]
+        rows.append(row)
+        print(f"diffclf {spec} ({row['scoring']['precision']}): {100 * row['accuracy']:.2f}% "
+              f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}], {row['forwards_per_image']:.1f} forwards/image, "
+              f"{row['seconds_per_image']:.4f} s/image = {row['speedup_vs_official']:.2f}x the official loop "
+              f"({'within' if row['within_official_interval'] else 'outside'} its interval)", flush=True)
+    return rows
 
 
 def _sync(device: torch.device) -> None:
@@ -187,8 +263,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch_size", type=int, default=32, help="the official loop's batch")
     parser.add_argument("--engine_batch_sizes", type=int, nargs="+", default=[32, 256],
                         help="diffclf engine batches to time on the same work (32 = the official's)")
-    parser.add_argument("--engine_precisions", nargs="+", default=["32"], choices=("32", "bf16"),
-                        help="engine precisions to time (bf16: autocast; the official loop is always fp32)")
+    parser.add_argument("--engine_precisions", nargs="+", default=["32"], choices=("32", "bf16", "auto"),
+                        help="engine precisions to time (bf16: autocast; auto: bf16 where native; the official "
+                             "loop is always fp32)")
+    parser.add_argument("--data", default=None, help="a data preset or YAML: its first --images test images with "
+                                                     "labels instead of random inputs (needs --ckpt_path)")
+    parser.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
+    parser.add_argument("--engine_strategies", nargs="*", default=[],
+                        help="with --data: strategy presets or YAML files run through the task, end to end")
+    parser.add_argument("--engine_strategy_precision", default="auto", choices=("32", "bf16", "auto"))
     parser.add_argument("--loss", default="l2", choices=("l2", "l1"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -197,7 +280,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    if args.ckpt_path:
+    task = targets = batches = None
+    if args.data:
+        task, latents, targets, batches = real_inputs(args, device)
+        dit, label = task.ema, args.ckpt_path
+        args.images = latents.shape[0]
+    elif args.ckpt_path:
         from diffclf.tasks.checkpoints import load_task
 
         dit, label = load_task(args.ckpt_path).ema, args.ckpt_path
@@ -209,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     dit = dit.to(device).eval()
     shape = (dit.in_channels, dit.input_size, dit.input_size)
     gen = torch.Generator().manual_seed(args.seed)
-    latents = torch.randn(args.images, *shape, generator=gen).to(device)
+    if task is None:
+        latents = torch.randn(args.images, *shape, generator=gen).to(device)
     all_noise = torch.randn(max(args.trials), *shape, generator=gen).to(device)
     class_ids = torch.arange(min(args.classes, dit.num_classes), device=device)
     acp = NoiseSchedule().alphas_cumprod.float()  # the official's diffusers table is fp32
@@ -225,9 +314,12 @@ def main(argv: list[str] | None = None) -> dict:
         forwards += fwd
         seconds += sec
     official = {"batch_size": args.batch_size, "seconds_per_image": seconds / args.images,
-                "forwards_per_image": forwards / args.images, "forwards_per_s": forwards / seconds, "pred": preds}
+                "forwards_per_image": forwards / args.images, "forwards_per_s": forwards / seconds, "pred": preds,
+                **accuracy(preds, targets)}
     print(f"official loop, batch {args.batch_size}: {official['forwards_per_s']:.1f} forwards/s, "
-          f"{official['seconds_per_image']:.3f} s/image ({official['forwards_per_image']:.0f} forwards/image)")
+          f"{official['seconds_per_image']:.3f} s/image ({official['forwards_per_image']:.0f} forwards/image)"
+          + (f", {100 * official['accuracy']:.2f}% [{100 * official['ci_low']:.2f}, {100 * official['ci_high']:.2f}]"
+             if targets else ""), flush=True)
     engine = []
     for precision, b in ((p, b) for p in args.engine_precisions for b in args.engine_batch_sizes):
         engine_eval(dit, latents[:1], class_ids[:2], [1], [2], schedule, all_noise, b, args.loss, precision)
@@ -235,7 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 b, args.loss, precision)
         result, sec = _timed(run, device)
         fwd = float(result.forwards.sum())
-        row = {"precision": precision, "batch_size": b, "seconds_per_image": sec / args.images,
+        row = {"precision": precision, "ran_in": resolve_precision(precision, device)[0], "batch_size": b,
+               "seconds_per_image": sec / args.images, **accuracy(result.pred.tolist(), targets),
                "forwards_per_image": fwd / args.images,
                "forwards_per_s": fwd / sec, "pred": result.pred.tolist(),
                "agrees_with_official": sum(int(a == o) for a, o in zip(result.pred.tolist(), preds)),
@@ -244,13 +337,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"diffclf engine, {precision}, batch {b}: {row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
               f"s/image = {row['speedup_vs_official']:.2f}x the official loop; same prediction on "
               f"{row['agrees_with_official']}/{args.images} images")
+    end_to_end = strategy_rows(task, batches, args.engine_strategies, args.engine_strategy_precision, official) \
+        if task is not None else []
     flops = dit_flops(dit.config)
     out = {
         "what": ("official eval_prob_adaptive loop (fp32) vs diffclf engine (precision per row), same schedule, "
                  "noise and weights"),
         "model": label, "config": dit.config, "gflops_per_forward": flops / 1e9, "images": args.images,
         "classes": len(class_ids), "keep": args.keep, "trials": args.trials, "loss": args.loss,
-        "official": official, "engine": engine,
+        "inputs": f"the first {args.images} test images of {args.data}" if args.data else "random Gaussian latents",
+        "official": official, "engine": engine, "end_to_end": end_to_end,
         "peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "provenance": provenance(device, argv=None if argv is None else ["benchmarks/official_loop.py", *argv]),
     }

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--compile", action="store_true", help="score with torch.compile (model scoring.compile)")
     ap.add_argument(
         "--precision",
-        choices=["32", "bf16"],
+        choices=["32", "bf16", "auto"],
         default=None,
         help="scoring precision (model scoring.precision; bf16 = denoiser under autocast; default 32)",
     )

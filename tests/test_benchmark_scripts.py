@@ -322,3 +322,78 @@ def test_time_to_accuracy_targets_charge_the_baseline_its_plateau_and_merge_part
     md = (tmp_path / "all.md").read_text()
     assert "fast: goal 93.0%, reached at 900 s (6.0x): met" in md and "never: goal 93.0%, not reached in 900 s (best 50.0%): open (trained 900 of the 1500 s allowed)" in md
     assert (tmp_path / "all.png").stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------- precision
+def _precision_run(errors: list[list[float]], targets: list[int], seconds: float) -> dict:
+    err = torch.tensor(errors).unsqueeze(2)  # (N, M, 1): one draw per candidate
+    return {"errors": err, "pred": err[:, :, 0].argmin(dim=1), "target": torch.tensor(targets),
+            "index": torch.arange(10, 10 + len(targets)), "forwards": torch.full((len(targets),), 3),
+            "seconds": seconds, "loadavg_1min": [0.0, 0.0]}
+
+
+def test_precision_compare_counts_changed_predictions_and_their_margins() -> None:
+    """Hand-computed: image 1 is a near-tie (margin 0.01) that bf16 flips, image 0 a wide margin it keeps.
+    Mutation tried: the rank as one argsort of the margins (their order, not each image's rank): image 1 reads
+    rank 2 and the test fails."""
+    precision = _script("precision")
+    ref = _precision_run([[1.0, 2.0, 3.0], [1.00, 1.01, 2.0], [2.0, 1.0, 1.5]], [0, 0, 1], seconds=3.0)
+    bf16 = _precision_run([[1.0, 2.0, 3.1], [1.01, 1.00, 2.0], [2.0, 1.0, 1.5]], [0, 0, 1], seconds=2.0)
+    got = precision.compare({"32": ref, "bf16": bf16})
+    assert got["reference"] == "32" and got["images"] == 3
+    same, changed = got["rows"]
+    assert same["changed"] == 0 and same["speedup_vs_reference"] == 1.0
+    assert changed["changed"] == 1 and changed["changed_per_1000"] == pytest.approx(1000 / 3)
+    assert changed["accuracy"] == pytest.approx(2 / 3) and same["accuracy"] == 1.0
+    assert changed["speedup_vs_reference"] == pytest.approx(1.5)
+    (img,) = changed["changed_images"]
+    assert (img["index"], img["reference_pred"], img["pred"], img["margin_rank"]) == (11, 0, 1, 0)
+    assert img["reference_relative_margin"] == pytest.approx(0.01)
+    assert got["median_relative_margin"] == pytest.approx(0.5)  # margins 1.0, 0.01, 0.5
+    assert changed["max_relative_mean_error_change"] == pytest.approx(0.1 / 3, rel=1e-5)  # 3.0 -> 3.1
+    low, high = changed["changed_per_1000_ci"]
+    assert 0 < low < 1000 / 3 < high < 1000
+
+
+@needs_ckpt
+def test_precision_script_writes_its_record_on_real_images(tmp_path: Path) -> None:
+    precision = _script("precision")
+    out = tmp_path / "prec"
+    result = precision.main(["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "6", "--draws", "2",
+                             "--threads", "1", "--out", str(out)])
+    ref, bf16 = result["rows"]
+    assert ref["precision"] == "32" and ref["changed"] == 0 and ref["forwards_per_image"] == 20.0
+    assert bf16["precision"] == "bf16" and 0 < bf16["max_relative_mean_error_change"] < 0.1  # it ran in bf16
+    md = (tmp_path / "prec.md").read_text()
+    assert "`precision: auto` here: auto: " in md and "| bf16 |" in md
+    assert json.loads((tmp_path / "prec.json").read_text())["meta"]["strategy"] == "Exhaustive(trials=2)"
+
+
+# ---------------------------------------------------------------------------------------------- cost model
+def test_cost_model_counts_forwards_and_gpu_hours_by_hand(tmp_path: Path) -> None:
+    """Hand counts: adaptive_imagenet = 1000x50 + 500x100 + 50x400 + 10x450 = 124,500 (the preset's own comment);
+    a top-5 prefilter into adaptive [2,1]x[50,200] = 5x50 + 2x150 = 550. Mutation tried: survivors updated before
+    a stage is charged (each stage charged at the classes it keeps): the prefilter's count reads 250 and fails."""
+    cost = _script("cost_model")
+    assert cost.forwards_per_image(Exhaustive(trials=250), 1000) == (250_000.0, True)
+    assert cost.forwards_per_image(Adaptive(keep=[2, 1], trials=[50, 200]), 5) == (550.0, True)
+    ttest = PairedTTest(alpha=0.01, min_trials=15, max_trials=100, round_size=10)
+    assert cost.forwards_per_image(ttest, 1000) == (20_000.0, False)  # first test after 20 draws: a floor
+    bench = {"config": cost.DIT_XL2_256, "best_forwards_per_s": 2500.0, "device": "gpu", "precision": "bf16",
+             "best_batch": 512}
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    got = cost.main(["--bench_json", str(tmp_path / "bench.json"), "--out", str(tmp_path / "cm")])
+    rows = {r["preset"]: r for r in got["rows"] if r["preset"]}
+    assert rows["adaptive_imagenet"]["forwards_per_image"] == 124_500
+    assert rows["exhaustive_dit"]["gpu_hours"] == pytest.approx(10_000 * 250_000 / 2500 / 3600)
+    assert rows["prefilter_imagenet"]["gpu_hours"] == pytest.approx(10_000 * 550 / 2500 / 3600)
+    assert rows["prefilter_imagenet"]["recall_bound"] == {"pct": 95.434, "at_least": False}
+    assert got["throughput"]["measured"] and "an estimate" not in (tmp_path / "cm.md").read_text()
+    top20 = next(r for r in got["rows"] if r["name"].startswith("ResNet-50 top-20"))
+    assert top20["recall_bound"] == {"pct": 95.434, "at_least": True, "from_top": 5}
+    estimate = cost.main(["--peak_tflops", "100", "--mfu", "0.5", "--out", str(tmp_path / "est")])
+    assert estimate["throughput"]["forwards_per_s"] == pytest.approx(50e12 / (2 * 118.6e9), rel=0.01)
+    assert "**an estimate, not a measurement**" in (tmp_path / "est.md").read_text()
+    (tmp_path / "small.json").write_text(json.dumps({**bench, "config": {"hidden_size": 384, "depth": 12}}))
+    with pytest.raises(SystemExit, match="not a DiT-XL/2 bench record"):
+        cost.main(["--bench_json", str(tmp_path / "small.json"), "--out", str(tmp_path / "x")])

@@ -79,6 +79,38 @@ def test_official_loop_scores_what_the_engine_scores() -> None:
     torch.testing.assert_close(bf16.mean_error, engine.mean_error, rtol=0.15, atol=0.02, equal_nan=True)
 
 
+@pytest.mark.skipif(not (REPO / "checkpoints" / "digits_dit_t2.ckpt").is_file(), reason="published digits checkpoint")
+def test_official_loop_end_to_end_on_labelled_images(tmp_path: Path) -> None:
+    """``--data``: real test images and their labels; the same-schedule engine agrees with the official loop
+    image for image, accuracies count the labels, and a strategy preset runs through the task as ``test`` does.
+    Mutation tried: labels taken as the data's class positions shifted by one: every accuracy check fails."""
+    from diffclf.tasks.analysis import split_batches
+
+    out = tmp_path / "e2e.json"
+    got = official_loop.main(["--ckpt_path", str(REPO / "checkpoints" / "digits_dit_t2.ckpt"), "--data", "digits",
+                              "--images", "5", "--keep", "2", "1", "--trials", "2", "4", "--engine_precisions", "32",
+                              "--engine_batch_sizes", "16", "--engine_strategies", "exhaustive", "--threads", "1",
+                              "--out", str(out)])
+    _, batches = split_batches("digits", None, 5)
+    targets = [int(y) for b in batches for y in b[1]]
+    official = got["official"]
+    assert official["correct"] == sum(p == t for p, t in zip(official["pred"], targets))
+    assert official["accuracy"] == pytest.approx(official["correct"] / 5)
+    (engine,) = got["engine"]
+    assert engine["pred"] == official["pred"] and engine["agrees_with_official"] == 5  # the same work
+    assert engine["correct"] == official["correct"]
+    (row,) = got["end_to_end"]
+    assert row["strategy_preset"] == "exhaustive" and row["scoring"]["precision"] in ("32", "bf16")
+    assert row["within_official_interval"] == (official["ci_low"] <= row["accuracy"] <= official["ci_high"])
+    assert row["speedup_vs_official"] > 0 and got["inputs"] == "the first 5 test images of digits"
+    assert json.loads(out.read_text())["end_to_end"][0]["correct"] == row["correct"]
+
+
+def test_official_loop_data_needs_a_checkpoint() -> None:
+    with pytest.raises(SystemExit, match="--data needs --ckpt_path"):
+        official_loop.main(["--data", "digits", "--device", "cpu"])
+
+
 def test_official_eval_keeps_the_official_batch_loop() -> None:
     """One denoiser call per batch of 32 (the last one partial), each on the device's own inputs."""
     dit = official_loop.fill_zero_layers(create_dit("DiT-T/2", input_size=8, in_channels=4, num_classes=5))

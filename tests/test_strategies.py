@@ -619,8 +619,17 @@ def _build(path: Path) -> Strategy:
 def test_every_strategy_preset_builds(preset: str) -> None:
     strategy = _build(CONFIG_DIR / "strategy" / f"{preset}.yaml")
     spec = yaml.safe_load((CONFIG_DIR / "strategy" / f"{preset}.yaml").read_text())
+    _assert_built_as(strategy, spec)
+
+
+def _assert_built_as(strategy: Strategy, spec: dict) -> None:
+    """Class and every init arg as the YAML says, nested strategies (a prefilter's ``inner``) included."""
     assert type(strategy).__name__ == spec["class_path"].rsplit(".", 1)[1]
-    assert {k: getattr(strategy, k) for k in spec["init_args"]} == spec["init_args"]
+    for key, want in spec["init_args"].items():
+        if isinstance(want, dict) and "class_path" in want:
+            _assert_built_as(getattr(strategy, key), want)
+        else:
+            assert getattr(strategy, key) == want, key
 
 
 def test_a_prefilter_config_builds_with_its_inner_strategy(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 
 from diffclf.configs import load_preset
+from diffclf.diffusion.precision import resolve_precision
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
 from diffclf.metrics.provenance import provenance
@@ -124,7 +125,7 @@ def bench(
     pipeline: str | None = None,
     image_size: int = 512,
     batch_sizes: list[int] | None = None,
-    precision: Literal["32", "bf16"] = "32",
+    precision: Literal["32", "bf16", "auto"] = "32",
     compile: bool = False,
     device: str = "auto",
     peak_tflops: float | None = None,
@@ -147,7 +148,8 @@ def bench(
             denoiser on ``classes`` prompt conditionings, at ``image_size`` pixels (latents 8× smaller).
         image_size: image side for ``pipeline`` (512: SD 2.0-base in the paper).
         batch_sizes: denoiser batch sizes to try (default 1, 8, 32, 128, 512).
-        precision: ``bf16`` runs under autocast.
+        precision: ``bf16`` runs under autocast; ``auto``: bf16 where the device has native bf16, else fp32
+            (``scoring.precision: auto``).
         compile: wrap the denoiser in ``torch.compile``.
         device: ``auto``, ``cpu`` or ``cuda``.
         peak_tflops: the device's peak, to report the achieved share (MFU).
@@ -164,7 +166,10 @@ def bench(
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
-    dtype = torch.bfloat16 if precision == "bf16" else None
+    ran, why = resolve_precision(precision, dev)
+    if why:
+        print(f"precision {why}")
+    dtype = torch.bfloat16 if ran == "bf16" else None
     schedule = NoiseSchedule()
     if pipeline:
         dit = PromptDenoiser(pipeline, classes or 10, torch.float32).to(dev).eval()
@@ -224,7 +229,8 @@ def bench(
     result = {
         "model": pipeline or ckpt_path or pretrained or model,
         "config": config,
-        "precision": precision,
+        "precision": ran,
+        "precision_auto": why,
         "compile": compile,
         "flops_per_forward": flops,
         "gflops_per_forward": flops / 1e9,

@@ -54,6 +54,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from diffclf.diffusion.precision import resolve_precision
 from diffclf.diffusion.schedule import NoiseSchedule
 
 Denoiser = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -160,7 +161,8 @@ class ScoringOptions:
         t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)`` (default ``[0, T)``).
         flip_views: half of the draws see the image mirrored left-right (models trained with flips only).
         batch_size: denoiser evaluations per forward.
-        precision: ``bf16`` runs the denoiser under autocast; errors accumulate in fp32.
+        precision: ``bf16`` runs the denoiser under autocast (errors accumulate in fp32); ``auto`` chooses
+            bf16 on a device with native bf16 and fp32 elsewhere (:mod:`diffclf.diffusion.precision`).
         compile: run the denoiser through ``torch.compile`` (same weights; pays off for narrow models).
         temperature: ``p(c|x) = softmax(-err_c / temperature)``.
     """
@@ -173,36 +175,38 @@ class ScoringOptions:
     t_range: tuple[int, int] | None = None
     flip_views: bool = False
     batch_size: int = 512
-    precision: Literal["32", "bf16"] = "32"
+    precision: Literal["32", "bf16", "auto"] = "32"
     compile: bool = False
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"scoring.temperature must be > 0, got {self.temperature}")
-        if self.precision not in ("32", "bf16"):
-            raise ValueError(f"scoring.precision must be '32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("32", "bf16", "auto"):
+            raise ValueError(f"scoring.precision must be '32', 'bf16' or 'auto', got {self.precision!r}")
 
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.precision == "bf16" else None
-
-    def scorer_kwargs(self) -> dict[str, object]:
-        """The :class:`Scorer` keyword arguments these options set."""
+    def scorer_kwargs(self, device: torch.device | str = "cpu") -> dict[str, object]:
+        """The :class:`Scorer` keyword arguments these options set for a denoiser on ``device``."""
+        precision, _ = resolve_precision(self.precision, device)
         return {
             "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
             "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
-            "batch_size": self.batch_size, "autocast_dtype": self.autocast_dtype,
+            "batch_size": self.batch_size, "autocast_dtype": torch.bfloat16 if precision == "bf16" else None,
         }
 
-    def record(self) -> dict[str, object]:
+    def record(self, device: torch.device | str = "cpu") -> dict[str, object]:
         """The options that can change a result, as stored in results records and prediction manifests
-        (``batch_size`` cannot: draws do not depend on batching)."""
-        return {
+        (``batch_size`` cannot: draws do not depend on batching). ``precision`` is the one that ran on
+        ``device``; ``auto`` adds ``precision_auto``, the reason for the choice."""
+        precision, why = resolve_precision(self.precision, device)
+        out: dict[str, object] = {
             "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
             "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
-            "precision": self.precision, "compile": self.compile, "temperature": self.temperature,
+            "precision": precision, "compile": self.compile, "temperature": self.temperature,
         }
+        if why is not None:
+            out["precision_auto"] = why
+        return out
 
 
 class Scorer:

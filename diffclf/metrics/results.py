@@ -134,7 +134,7 @@ def make_record(metrics: Mapping[str, Any], ci_level: float, **context: Any) -> 
 
 def format_summary(record: Mapping[str, Any]) -> str:
     """The two-line table ``test`` prints (fractions, interval at the record's level; ECE and NLL of
-    ``p(c|x)`` when the run measured them)."""
+    ``p(c|x)`` when the run measured them), and under it the scoring precision ``auto`` chose, and why."""
     fwd = record.get("forwards_per_image")
     sec = record.get("seconds_per_image")
     head = ["dataset", "n", "accuracy", f"{100 * record['ci_level']:g}% CI", "top-5", "mean/class",
@@ -153,7 +153,11 @@ def format_summary(record: Mapping[str, Any]) -> str:
         head += ["ECE", "NLL"]
         row += [f"{record['ece']:.4f}", f"{record['nll']:.4f}"]
     widths = [max(len(h), len(r)) for h, r in zip(head, row)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in (head, row))
+    table = "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip() for line in (head, row))
+    scoring = record.get("scoring")
+    if isinstance(scoring, Mapping) and scoring.get("precision_auto"):
+        table += f"\nscoring precision {scoring['precision']} ({scoring['precision_auto']})"
+    return table
 
 
 def _dumps(record: Mapping[str, Any], indent: int | None = None) -> str:

@@ -422,7 +422,7 @@ class DiffusionClassifier(ClassifierTask):
             self._scorer = Scorer(
                 self._denoise, self.schedule, self.hparams.in_channels, max_draws=self.strategy.max_draws,
                 seed=self.hparams.seed, num_classes=self.hparams.num_classes, order=order,
-                **self.scoring.scorer_kwargs(),
+                **self.scoring.scorer_kwargs(self.device),
             )
         return self._scorer
 
@@ -485,7 +485,7 @@ class DiffusionClassifier(ClassifierTask):
             "model": hp.label or hp.pretrained or hp.model,
             "strategy": describe_strategy(self.strategy),
             "seed": hp.seed,
-            "scoring": self.scoring.record(),
+            "scoring": self.scoring.record(self.device),
             "ci_level": hp.ci_level,
             "results_dir": hp.results_dir,
             "results_file": hp.results_file,

@@ -140,7 +140,7 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
             self._scorer = Scorer(
                 self._denoise, self.t2i.schedule, latent_shape[0], max_draws=self.strategy.max_draws,
                 seed=self.hparams.seed, num_classes=self.label_space.num_model_classes, order=order,
-                variants=self.variants, noise_bank=bank, **self.scoring.scorer_kwargs(),
+                variants=self.variants, noise_bank=bank, **self.scoring.scorer_kwargs(self.device),
             )
         return self._scorer
 
@@ -187,7 +187,7 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
             "prediction_type": self.t2i.prediction_type,
             "strategy": describe_strategy(self.strategy),
             "seed": hp.seed,
-            "scoring": self.scoring.record(),
+            "scoring": self.scoring.record(self.device),
             "combine": hp.combine,
             "noise_path": hp.noise_path,
             "dtype": str(self.t2i.dtype).removeprefix("torch."),

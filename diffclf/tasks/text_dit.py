@@ -307,7 +307,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             self._scorer = Scorer(
                 self._denoise, self.schedule, self.hparams.in_channels, max_draws=self.strategy.max_draws,
                 seed=self.hparams.seed, num_classes=self.label_space.num_model_classes, order=order,
-                variants=self.variants, **self.scoring.scorer_kwargs(),
+                variants=self.variants, **self.scoring.scorer_kwargs(self.device),
             )
         return self._scorer
 
@@ -356,7 +356,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             "model": hp.label or hp.model,
             "strategy": describe_strategy(self.strategy),
             "seed": hp.seed,
-            "scoring": self.scoring.record(),
+            "scoring": self.scoring.record(self.device),
             "combine": hp.combine,
             **self.base_context(),
         }

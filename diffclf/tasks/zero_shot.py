@@ -138,7 +138,7 @@ class DenoisingPromptedTask(PromptedTask):
         flat, rows = caption_table(captions, len(images), x.device)
         n = int(draws or self.strategy.max_draws)
         scorer = Scorer(self.caption_denoiser(flat, x.device), self.match_schedule, x.shape[1], max_draws=n,
-                        seed=self.hparams.seed, num_classes=len(flat), **self.scoring.scorer_kwargs())
+                        seed=self.hparams.seed, num_classes=len(flat), **self.scoring.scorer_kwargs(self.device))
         table = scorer.new_table(x, rows)
         scorer.score(table, x, keys.to(x.device), 0, n)
         return -table.mean_error()
