@@ -27,7 +27,8 @@ interval::
 
     python benchmarks/official_loop.py --ckpt_path checkpoints/fashion_mnist_dit_t4_stage3.ckpt \
         --data fashion_mnist --data_arg image_size=28 --images 200 --keep 5 1 --trials 50 500 \
-        --engine_precisions 32 auto --engine_batch_sizes 256 --engine_strategies ttest_fashion --threads 1 --out FILE
+        --engine_precisions auto --engine_batch_sizes 256 --engine_strategies racing_fashion published_fashion \
+        --threads 1 --out FILE
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ from diffclf.metrics.provenance import provenance
 from diffclf.models.dit import DiT, create_dit, dit_flops
 from diffclf.strategies import Adaptive, Strategy
 from diffclf.strategies.base import Classification
-from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, run_live, split_batches
-from diffclf.tasks.diffusion import describe_strategy
+from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, run_live, split_batches, summarise
 
 R = TypeVar("R")
 
@@ -217,13 +217,9 @@ def strategy_rows(task, batches, specs: list[str], precision: str, official: dic
         task.set_scoring(precision=precision)
         run_live(task, strategy, [(b[0][:1], b[1][:1], b[2][:1]) for b in batches[:1]])  # warm-up
         run = run_live(task, strategy, batches)
-        n = len(run["target"])
-        row = {"strategy_preset": spec, "strategy": describe_strategy(strategy),
-               "scoring": task.scoring.record(task.device), "seconds_per_image": run["seconds"] / n,
-               "forwards_per_image": float(run["forwards"].double().mean()),
-               **accuracy(run["pred"].tolist(), [int(y) for y in run["target"]], level),
-               "speedup_vs_official": official["seconds_per_image"] / (run["seconds"] / n),
-               "loadavg_1min_before_after": run["loadavg_1min"]}
+        row = {"strategy_preset": spec, **summarise(spec, strategy, run, None, level),
+               "scoring": task.scoring.record(task.device)}
+        row["speedup_vs_official"] = official["seconds_per_image"] / row["seconds_per_image"]
         row["within_official_interval"] = official["ci_low"] <= row["accuracy"] <= official["ci_high"]
         rows.append(row)
         print(f"diffclf {spec} ({row['scoring']['precision']}): {100 * row['accuracy']:.2f}% "

@@ -49,7 +49,8 @@ def compare(runs: dict[str, dict], level: float = 0.95) -> dict:
     """The change between the first precision's run (the reference) and each other one."""
     (ref_name, ref), *others = runs.items()
     n = int(ref["target"].numel())
-    margin = relative_margin(mean_errors(ref))
+    ref_err = mean_errors(ref)
+    margin = relative_margin(ref_err)
     ranks = margin.argsort().argsort()  # 0 = the closest call
     rows = []
     for name, run in [(ref_name, ref), *others]:
@@ -57,8 +58,9 @@ def compare(runs: dict[str, dict], level: float = 0.95) -> dict:
         low, high = clopper_pearson(k, n, level)
         changed = (run["pred"] != ref["pred"]).nonzero().flatten()
         c_low, c_high = clopper_pearson(len(changed), n, level)
-        both = ~(torch.isnan(mean_errors(run)) | torch.isnan(mean_errors(ref)))
-        rel = ((mean_errors(run) - mean_errors(ref)).abs() / mean_errors(ref))[both]
+        err = mean_errors(run)
+        both = ~(torch.isnan(err) | torch.isnan(ref_err))
+        rel = ((err - ref_err).abs() / ref_err)[both]
         rows.append({
             "precision": name,
             "accuracy": k / n, "ci_low": low, "ci_high": high,
