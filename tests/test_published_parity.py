@@ -33,6 +33,7 @@ def test_published_digits_model_predicts_as_before_the_restructuring(tmp_path: P
           "--ckpt_path", str(REPO / "checkpoints" / "digits_dit_t2.ckpt"),
           f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
           f"--data.init_args.eval_limit={N}",
+          "--model.init_args.scoring.precision=32",  # the reference is fp32; the config's "auto" is bf16 on bf16 CPUs
           "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter", f"--trainer.callbacks.output={out}"])
     now = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in now] == list(range(N))
