@@ -104,6 +104,9 @@ def within(rows: dict[str, list[dict]], baseline: str, points: float, factor: fl
             # Not reached, but trained for less than the time allowed: the run does not decide the target.
             "open": bool(not hit and curve[-1]["train_seconds"] < factor * base["train_seconds"]),
             "allowed_seconds": factor * base["train_seconds"],
+            # The looser reading (the "10x its training time" as the baseline's whole run), for the record.
+            "baseline_run_seconds": rows[baseline][-1]["train_seconds"],
+            "ratio_to_run": hit["train_seconds"] / rows[baseline][-1]["train_seconds"] if hit else None,
             "best_accuracy": max(r["accuracy"] for r in curve), "trained_seconds": curve[-1]["train_seconds"],
         }
     return out
@@ -141,11 +144,13 @@ def markdown(result: dict) -> str:
                      "at every mark; training time excludes evaluation")
     lines = [
         f"# Time to accuracy: `{meta['dataset']}`", "", machine_line, accuracy_line,
-        f"- command: `{meta['command']}`", "",
+        f"- command: `{meta['command']}`",
+        *[f"  - part {i + 1} ({part['date']}, budget {part.get('budget_s', '?')} s): `{part['command']}`"
+          for i, part in enumerate(meta.get("parts", []))],
+        *([f"- note: {meta['note']}"] if meta.get("note") else []),
+        "",
         "| recipe | config | training s | step | images seen | accuracy % [95% CP] |", "|---|---|---|---|---|---|",
     ]
-    if meta.get("note"):
-        lines.insert(5, f"- note: {meta['note']}")
     for label, curve in result["curves"].items():
         for r in curve:
             extra = " ".join(meta.get("extra_args", {}).get(label, []))
@@ -164,7 +169,9 @@ def markdown(result: dict) -> str:
             verdict = "met" if t["met"] else (
                 f"open (trained {t['trained_seconds']:.0f} of the {t['allowed_seconds']:.0f} s allowed)"
                 if t.get("open") else "missed")
-            lines.append(f"- {label}: goal {100 * t['goal']:.1f}%, {when}: {verdict}")
+            run = (f"; {t['ratio_to_run']:.1f}x the baseline's whole {t['baseline_run_seconds']:.0f} s run"
+                   if t.get("ratio_to_run") else "")
+            lines.append(f"- {label}: goal {100 * t['goal']:.1f}%, {when}{run}: {verdict}")
     return "\n".join(lines) + "\n"
 
 
@@ -186,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--runs", default="runs/time_to_accuracy", help="run folders: RUNS/DATASET/LABEL")
     ap.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT.png")
     ap.add_argument("--report_only", action="store_true", help="rebuild OUT.md/OUT.png from OUT.json")
+    ap.add_argument("--note", default=None, help="a line for the record (e.g. what shared the machine)")
     ap.add_argument("--merge", nargs="+", default=None,
                     help="JSON files of earlier runs of this script (recipes run on other cores at the same time): "
                          "their curves become OUT's, in the order given")
@@ -196,9 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
         result = json.loads(out.with_suffix(".json").read_text())
     elif args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
-        result = {"meta": {**parts[0]["meta"], "parts": [p["meta"] for p in parts], "recipes": {}}, "curves": {}}
+        command = command_line(["benchmarks/time_to_accuracy.py", *(argv if argv is not None else sys.argv[1:])])
+        result = {"meta": {**parts[0]["meta"], "parts": [p["meta"] for p in parts], "recipes": {}, "extra_args": {},
+                           "date": utc_now(), "command": command}, "curves": {}}
         for part in parts:
             result["meta"]["recipes"].update(part["meta"]["recipes"])
+            result["meta"]["extra_args"].update(part["meta"].get("extra_args", {}))
             result["curves"].update(part["curves"])
     else:
         recipes = dict(r.split("=", 1) for r in args.recipe)
@@ -222,6 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                     *(argv if argv is not None else sys.argv[1:])])},
             "curves": curves,
         }
+    if args.note:
+        result["meta"]["note"] = args.note
     base = args.baseline or result["meta"].get("baseline")
     if base and base not in result["curves"]:
         print(f"note: --baseline {base} is not among the recipes {list(result['curves'])}: no targets", flush=True)

@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, Trainer, seed_everything
 from diffclf.data import DigitsDataModule
 from diffclf.strategies import Adaptive, Exhaustive
 from diffclf.tasks import DiffusionClassifier, TimmClassifier
-from diffclf.tasks.accuracy_clock import AccuracyClock, clock_marks
+from diffclf.tasks.accuracy_clock import AccuracyClock, clock_marks, marked_indices
 
 
 def test_marks_are_even_up_to_the_budget_or_as_given() -> None:
@@ -102,3 +102,7 @@ def test_a_sample_seed_draws_the_same_spread_of_test_images_every_time(tmp_path:
                                                     out=str(tmp_path / "b.jsonl")).held_out(trainer)])
              for _ in range(2)]
     assert torch.equal(picks[0], picks[1]) and len(picks[0]) == 40 and len(picks[0].unique()) >= 8
+    # marked_indices names the same images (benchmarks/time_to_accuracy.sh reports a recipe on the others).
+    dm = trainer.datamodule
+    labels = [int(dm.test_dataset[i][1]) for i in marked_indices(len(dm.test_dataset), 40, 0)]
+    assert picks[0].tolist() == labels

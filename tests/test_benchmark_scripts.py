@@ -312,15 +312,22 @@ def test_time_to_accuracy_targets_charge_the_baseline_its_plateau_and_merge_part
     meta = {"dataset": "d", "recipes": {}, "limit": 100, "trials": 10, "date": "now", "commit": "c", "points": 5,
             "factor": 10, "baseline": None, "command": "x",
             "machine": {"cpu": "cpu", "cpu_family_model": "1/2", "torch_threads": 1}}
+    assert got["fast"]["ratio_to_run"] == pytest.approx(3)  # against the baseline's whole 300 s run
     parts = []
     for name, labels in (("a", ["resnet18", "fast"]), ("b", ["never"])):
-        part = {"meta": {**meta, "recipes": {k: f"{k}.yaml" for k in labels}}, "curves": {k: rows[k] for k in labels}}
+        part = {"meta": {**meta, "recipes": {k: f"{k}.yaml" for k in labels}, "command": f"run {name}",
+                         "extra_args": {k: [f"--{k}_flag", "1"] for k in labels}}, "curves": {k: rows[k] for k in labels}}
         (tmp_path / f"{name}.json").write_text(json.dumps(part))
         parts.append(str(tmp_path / f"{name}.json"))
-    result = tta.main(["--dataset", "d", "--baseline", "resnet18", "--out", str(tmp_path / "all"), "--merge", *parts])
+    result = tta.main(["--dataset", "d", "--baseline", "resnet18", "--out", str(tmp_path / "all"), "--note", "core 1 busy",
+                       "--merge", *parts])
     assert list(result["curves"]) == ["resnet18", "fast", "never"] and set(result["targets"]) == {"fast", "never"}
     md = (tmp_path / "all.md").read_text()
-    assert "fast: goal 93.0%, reached at 900 s (6.0x): met" in md and "never: goal 93.0%, not reached in 900 s (best 50.0%): open (trained 900 of the 1500 s allowed)" in md
+    assert "fast: goal 93.0%, reached at 900 s (6.0x); 3.0x the baseline's whole 300 s run: met" in md
+    assert "never: goal 93.0%, not reached in 900 s (best 50.0%): open (trained 900 of the 1500 s allowed)" in md
+    # every part's command and every recipe's own options survive the merge
+    assert "`run a`" in md and "`run b`" in md and "- note: core 1 busy" in md
+    assert "`never.yaml --never_flag 1`" in md and "`fast.yaml --fast_flag 1`" in md
     assert (tmp_path / "all.png").stat().st_size > 0
 
 

@@ -182,8 +182,24 @@ def test_fashion_mnist_image_size_28_is_unpadded() -> None:
     dm.setup("test")
     raw = torch.from_numpy(gz_idx("t10k-images-idx3-ubyte")[-1].copy())
     assert torch.equal(dm.test_dataset[9999][0][0], raw.float() / 127.5 - 1.0)
-    with pytest.raises(ValueError, match=">= 28"):
-        FashionMNISTDataModule(image_size=24)
+    with pytest.raises(ValueError, match="image_size must be >= 8"):
+        FashionMNISTDataModule(image_size=4)
+
+
+@needs_debian
+def test_fashion_mnist_below_28_is_an_antialiased_shrink() -> None:
+    """14 px halves the image with the antialiased bilinear (triangle) filter: inside the border each pixel
+    is the [1, 3, 3, 1]/8 x [1, 3, 3, 1]/8 weighting of its 4x4 input window, not a 2x2 mean or a subsample."""
+    dm = FashionMNISTDataModule(image_size=14)
+    dm.setup("test")
+    raw = torch.from_numpy(gz_idx("t10k-images-idx3-ubyte")[7].copy()).double() / 127.5 - 1.0
+    small = dm.test_dataset[7][0][0].double()
+    assert small.shape == (14, 14)
+    w = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64) / 8
+    for i in range(1, 13):
+        for j in range(1, 13):
+            window = raw[2 * i - 1 : 2 * i + 3, 2 * j - 1 : 2 * j + 3]
+            assert float(small[i, j]) == pytest.approx(float(w @ window @ w), abs=1e-5)
 
 
 @needs_debian

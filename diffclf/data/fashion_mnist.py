@@ -35,6 +35,7 @@ FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
 }
 FASHION_MNIST_SIZES = {"train": 60000, "test": 10000}
 FASHION_MNIST_SIDE = 28
+MIN_SIDE = 8  # the smallest side a patch-4 DiT still sees as more than a 2x2 grid
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 _IDX_DTYPES = {
@@ -157,17 +158,19 @@ def load_fashion_mnist_split(files: dict[str, Path], split: str) -> tuple[Tensor
 class FashionMNISTDataModule(ClassificationDataModule):
     """Fashion-MNIST: 60,000 training and 10,000 test images, 28×28 grey, 10 classes.
 
-    Images are padded with the background value (-1) to ``image_size``. Training uses all 60,000
-    images, as every published Fashion-MNIST number does. Validation (the eps-loss / accuracy curve)
-    defaults to a fixed stratified 1,000 of the test images: held out from training, so the curve
-    shows over-fitting, yet cheap enough to run often. The presets never select checkpoints on it;
+    Images are padded with the background value (-1) to ``image_size``, or shrunk to it when it is below
+    28. Training uses all 60,000 images, as every published Fashion-MNIST number does. Validation (the
+    eps-loss / accuracy curve) defaults to a fixed stratified 1,000 of the test images: held out from
+    training, so the curve shows over-fitting, yet cheap enough to run often. The presets never select
+    checkpoints on it;
     to do so without touching the test split, set ``val_split=train`` (those images then leave training).
 
     Args:
         root: folder with the four IDX files (gzipped or not; directly or in ``FashionMNIST/raw/``);
             also where ``download`` puts them (default ``data``, relative to the working directory).
         download: download with torchvision when neither ``root`` nor Debian's copy has the files.
-        image_size: side after padding (>= 28; 28 = no padding; 32 suits patch 2 and 4).
+        image_size: side after padding (>= 28; 28 = no padding; 32 suits patch 2 and 4) or after an
+            antialiased shrink (< 28; 16 gives a patch-4 DiT 16 tokens, for short training budgets).
         val_split: where validation images come from: ``test`` or ``train`` (then removed from training).
         val_size: validation images, a fixed stratified subset of ``val_split``.
         **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``, ``flip``: see
@@ -185,9 +188,9 @@ class FashionMNISTDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(**kwargs)
         check_val_split(val_split)
-        if image_size < FASHION_MNIST_SIDE:
+        if image_size < MIN_SIDE:
             raise ValueError(
-                f"data.image_size must be >= 28 (images are padded, not cropped), got {image_size}"
+                f"data.image_size must be >= {MIN_SIDE} (>= 28 pads the 28x28 images, less shrinks them), got {image_size}"
             )
         self.name = "fashion_mnist"
         self.label_space = fashion_mnist_label_space()

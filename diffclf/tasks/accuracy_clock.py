@@ -26,6 +26,13 @@ from diffclf.strategies import Strategy
 from diffclf.tasks.base import synchronize
 
 
+def marked_indices(n: int, limit: int, seed: int) -> list[int]:
+    """The positions of the ``limit`` test images a seeded clock measures, in order: a recipe chosen on
+    them is reported again on the others (``benchmarks/time_to_accuracy.sh`` lists those)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:limit].sort().values.tolist()
+
+
 def clock_marks(budget_s: float, evals: int, marks_s: list[float] | None) -> list[float]:
     """The training seconds at which to classify: ``marks_s`` as given, else ``evals`` even marks ending at the
     budget (the last point is the budget's)."""
@@ -117,8 +124,7 @@ class AccuracyClock(Callback):
             loader = dm.test_dataloader()
             if self.sample_seed is not None:
                 dataset = loader.dataset
-                gen = torch.Generator().manual_seed(self.sample_seed)
-                pick = torch.randperm(len(dataset), generator=gen)[: self.limit].sort().values.tolist()
+                pick = marked_indices(len(dataset), self.limit, self.sample_seed)
                 loader = DataLoader(Subset(dataset, pick), batch_size=loader.batch_size or 100, shuffle=False)
             batches, seen = [], 0
             for images, target, index in loader:
