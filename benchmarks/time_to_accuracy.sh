@@ -96,10 +96,12 @@ EOF
   heldout eps16_3300_lr2 "$f" runs/time_to_accuracy/fonts/eps16_3300_lr2/checkpoints/last.ckpt
   heldout eps16_3300_lr2_exhaustive10 "$f" runs/time_to_accuracy/fonts/eps16_3300_lr2/checkpoints/last.ckpt \
     --model.strategy exhaustive --model.strategy.init_args.trials 10
-  python - "$held" "$(python -c 'from diffclf.metrics.provenance import machine; m = machine(); print(m["cpu"], m["cpu_family_model"])')" <<'EOF'
+  python - "$held" <<'EOF'
 import json, sys
 from pathlib import Path
-held, cpu = Path(sys.argv[1]), sys.argv[2]
+from diffclf.metrics.provenance import machine
+held, m = Path(sys.argv[1]), machine()
+cpu = f"{m['cpu']} {m['cpu_family_model']}"
 rows = [json.loads(line) for line in (held / "results.jsonl").read_text().splitlines() if line.strip()]
 lines = ["# fonts: the final models on the 1,660 test images the time-to-accuracy marks did not use", "",
          f"- CPU {cpu}; commit {rows[0]['commit']}; {rows[0]['timestamp']} to {rows[-1]['timestamp']}",

@@ -35,7 +35,7 @@ FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
 }
 FASHION_MNIST_SIZES = {"train": 60000, "test": 10000}
 FASHION_MNIST_SIDE = 28
-MIN_SIDE = 8  # the smallest side a patch-4 DiT still sees as more than a 2x2 grid
+MIN_SIDE = 8  # the smallest side that still gives a patch-4 DiT a 2x2 grid of tokens
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 _IDX_DTYPES = {
