@@ -404,3 +404,45 @@ def test_cost_model_counts_forwards_and_gpu_hours_by_hand(tmp_path: Path) -> Non
     (tmp_path / "small.json").write_text(json.dumps({**bench, "config": {"hidden_size": 384, "depth": 12}}))
     with pytest.raises(SystemExit, match="not a DiT-XL/2 bench record"):
         cost.main(["--bench_json", str(tmp_path / "small.json"), "--out", str(tmp_path / "x")])
+
+
+def _compositional_records(root: Path, model: str, binding_k: int, scores: list) -> None:
+    from diffclf.metrics.compositional import Rate, binding_summary, shape_bias, winoground_summary
+
+    folder = root / model
+    folder.mkdir(parents=True)
+    prov = {"device": "cpu", "cpu": "test", "cpu_family_model": "0/0", "date": "2026-12-03", "commit": "abc",
+            "checkpoint": f"{model}.ckpt", "model": model.title(), "draws": 5}
+    correct = np.arange(20) < binding_k
+    tasks = {"Shape": binding_summary(correct).as_dict(), "Shape|Color": binding_summary(~correct).as_dict()}
+    (folder / "binding.json").write_text(json.dumps({**prov, "evaluation": "binding", "tasks": tasks}))
+    s = torch.tensor(scores)
+    summary = winoground_summary(s, ["Object", "Relation"] * (len(scores) // 2))
+    wino = {g: {k: r.as_dict() for k, r in rates.items()} for g, rates in summary.items()}
+    (folder / "winoground.json").write_text(json.dumps({**prov, "summary": wino, "scores": scores}))
+    bias = shape_bias(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 0, 1]), torch.tensor([1, 2, 1, 2]))
+    (folder / "cue_conflict.json").write_text(json.dumps({**prov, "n": 4, **bias.as_dict()}))
+    assert Rate.of(correct).correct == binding_k
+
+
+def test_compositional_report_tabulates_every_record_and_the_winoground_diagnostics(tmp_path: Path) -> None:
+    """The summary copies each record's figures and adds the two Winoground diagnostics, checked here by hand:
+    in pair 0 both captions prefer image 0 while each image prefers its own caption; pair 1 is a perfect group
+    score. Mutation tried: the image diagnostic comparing the captions of one image (it reads 0% for model a,
+    not 50%)."""
+    report = _script("compositional_report")
+    same = [[[-1.0, -2.0], [-4.0, -3.0]], [[-1.0, -2.0], [-2.0, -1.0]]]  # s[i][image][caption]
+    _compositional_records(tmp_path, "a", 17, same)
+    _compositional_records(tmp_path, "b", 10, [same[1], same[1]])
+    summary = report.main(["--results", str(tmp_path), "--models", "a", "b", "--command", "test", "--no_figure"])
+    assert summary["a"]["winoground_diagnostics"] == {"both_captions_same_image": 0.5, "both_images_same_caption": 0.0}
+    assert summary["b"]["winoground_diagnostics"] == {"both_captions_same_image": 0.0, "both_images_same_caption": 0.0}
+    assert summary["a"]["binding"]["Shape"]["correct"] == 17 and summary["a"]["binding"]["Shape|Color"]["correct"] == 3
+    assert summary["a"]["cue_conflict"]["shape_bias"] == 0.5  # 2 shape, 2 texture decisions
+    text = (tmp_path / "summary.md").read_text()
+    assert "| Shape | 85.0 [62.1, 96.8] * | 50.0 [27.2, 72.8] |" in text
+    assert "| Shape\\|Color | 15.0 [3.2, 37.9] * (below chance) |" in text
+    assert "| all | 100.0 / 50.0 / 50.0 | 100.0 / 100.0 / 100.0 |" in text
+    assert json.loads((tmp_path / "summary.json").read_text())["command"] == "test"
+    with pytest.raises(SystemExit, match="c/binding.json"):
+        report.main(["--results", str(tmp_path), "--models", "a", "c", "--no_figure"])

@@ -112,3 +112,56 @@ def test_the_model_is_a_class_spec_or_a_prompted_checkpoint(scenes: Path, tmp_pa
     with pytest.raises(ValueError, match="a DiffusionClassifier scores class ids, not captions"):
         main(["compositional", "--evaluation", "binding", "--root", str(scenes), "--out", str(tmp_path),
               "--ckpt_path", str(REPO / "checkpoints" / "digits_dit_t2_quickstart.ckpt")])
+
+
+def test_a_1000_class_diffusion_classifier_decides_the_16_categories_by_mean_probability(tmp_path: Path) -> None:
+    """A class-conditional ImageNet DiT scores only Geirhos' 207 classes, and a category's score is its classes'
+    mean probability: the decisions equal a softmax over all 1000 classes averaged per category (the
+    model-vs-human rule, computed here from the 1000-class logits on the same draws). Mutation tried: the
+    label space's log-sum-exp (sum of probabilities) without the log class count changes decisions here."""
+    import numpy as np
+    from PIL import Image
+
+    from diffclf.cli.compositional import compositional
+    from diffclf.data.cue_conflict import CUE_CONFLICT_CATEGORIES, GEIRHOS_IMAGENET_INDICES
+    from diffclf.data.label_spaces import LabelSpace
+    from diffclf.diffusion.scoring import ScoringOptions
+    from diffclf.strategies import Exhaustive
+    from diffclf.tasks import DiffusionClassifier
+
+    names = ["airplane/airplane1-bicycle2.png", "bear/bear3-knife1.png", "dog/dog1-cat2.png",
+             "truck/truck2-oven5.png", "cat/cat4-dog1.png", "knife/knife2-bear3.png"]
+    rng = np.random.default_rng(0)
+    for c in CUE_CONFLICT_CATEGORIES:
+        (tmp_path / "stimuli" / c).mkdir(parents=True)
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "stimuli" / name)
+
+    def model() -> DiffusionClassifier:
+        torch.manual_seed(0)
+        # Temperature 200: random weights give logits of std ~200, one class would take all the mass and the
+        # aggregation rule would not matter; at std ~1 summing and averaging probabilities disagree.
+        m = DiffusionClassifier(model="DiT-T/4", input_size=8, in_channels=3, num_classes=1000, learn_sigma=False,
+                                strategy=Exhaustive(trials=2), scoring=ScoringOptions(temperature=200.0))
+        for p in m.dit.parameters():  # DiT's init zeroes the output: every class would tie
+            p.data.normal_(0.0, 0.05)
+        m.ema.load_state_dict(m.dit.state_dict())
+        return m
+
+    restricted = model()
+    record = compositional("cue_conflict", str(tmp_path / "stimuli"), model=restricted, out=str(tmp_path / "out"),
+                           draws=6, image_size=8, batch_size=4, device="cpu")
+    assert len(restricted.candidate_maps(torch.device("cpu")).ids) == 207 and record["n"] == 6
+
+    full = model()
+    full.strategy = Exhaustive(trials=6)
+    full.label_space = LabelSpace.identity([str(i) for i in range(1000)], name="imagenet")
+    from diffclf.data.cue_conflict import CueConflictDataset
+
+    data = CueConflictDataset(tmp_path / "stimuli", image_size=8)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        probs = torch.softmax(full.classify(x, torch.arange(len(data))).logits.double(), dim=1).numpy()
+    mean = np.stack([probs[:, list(GEIRHOS_IMAGENET_INDICES[c])].mean(1) for c in CUE_CONFLICT_CATEGORIES], axis=1)
+    assert record["pred"] == mean.argmax(1).tolist()
+    assert record["shape"] == [s.shape for s in data.stimuli]

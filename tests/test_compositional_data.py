@@ -272,6 +272,12 @@ def test_shape_bias_by_hand() -> None:
     r = shape_bias(torch.tensor([0, 2, 2, -1, 7]), shape, texture)
     assert (r.total, r.shape_correct, r.texture_correct) == (5, 2, 1)
     assert (r.shape_accuracy, r.texture_accuracy) == (0.4, 0.2) and r.shape_bias == pytest.approx(2 / 3)
+    # 2 shape of 3 cue decisions: Clopper-Pearson 95% = (Beta(0.025; 2, 2), Beta(0.975; 3, 1)); two-sided
+    # binomial p of 2 of 3 at 0.5 = P(X != 1.5 ...) = 1 (every outcome is at least as far from 1.5).
+    assert (r.bias_low, r.bias_high) == pytest.approx((0.094299, 0.991596), abs=1e-6)
+    assert r.p_value == pytest.approx(1.0)
+    strong = shape_bias(torch.zeros(12, dtype=torch.long), torch.zeros(12), torch.ones(12))
+    assert strong.shape_bias == 1.0 and strong.p_value == pytest.approx(2 * 0.5**12)
     assert np.isnan(shape_bias(torch.tensor([9, 9]), shape[:2], texture[:2]).shape_bias)
     with pytest.raises(ValueError, match="no cue conflict"):
         shape_bias(torch.tensor([0]), torch.tensor([3]), torch.tensor([3]))

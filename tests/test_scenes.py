@@ -21,7 +21,8 @@ from PIL import Image
 from diffclf.cli import main
 from diffclf.cli.build_scenes import build_scenes
 from diffclf.data import scenes as sc
-from diffclf.data.binding import SceneObject
+from diffclf.cli.compositional import DEFAULT_BINDING_TASKS
+from diffclf.data.binding import SceneObject, binding_examples
 from diffclf.data.cue_conflict import CueConflictDataset, read_cue_conflict
 from diffclf.data.winoground import read_winoground
 
@@ -156,7 +157,7 @@ def test_captions_follow_the_grammar_and_vocabulary() -> None:
     """Mutation tried: template 3 as ``right of`` with the left object first (a false caption) fails the
     expected list; a template word missing from ``_GRAMMAR_WORDS`` fails the vocabulary check."""
     scene = (SceneObject("cube", "red", "small", "left"), SceneObject("sphere", "blue", "large", "right"))
-    assert sc.scene_captions(scene) == (
+    assert sc.scene_captions(scene)[: len(sc.TEMPLATES)] == (
         "a red cube and a blue sphere",
         "a blue sphere and a red cube",
         "a red cube left of a blue sphere",
@@ -166,11 +167,35 @@ def test_captions_follow_the_grammar_and_vocabulary() -> None:
         "a red object and a blue object",
         "a cube and a sphere",
     )
+    descriptions = sc.scene_captions(scene)[len(sc.TEMPLATES):]
+    # 7 attribute subsets x (without, with position) x (left, right, both) = 42, less the three pairs that
+    # templates 1, 7 and 8 already say ("a red cube and a blue sphere", "a red object and ...", "a cube and ...").
+    assert len(descriptions) == 39 and "a cube and a sphere" not in descriptions
+    for caption in ("a small red cube", "a blue object", "a large sphere", "on the right is a large blue sphere",
+                    "on the left is a cube", "a small object and a large object",
+                    "on the left is a small red object and on the right is a large blue object"):
+        assert caption in descriptions
+    for false in ("a blue cube", "a small sphere", "on the left is a sphere", "a large red object"):
+        assert false not in sc.scene_captions(scene)
     twins = (SceneObject("cube", "red", "small", "left"), SceneObject("cube", "red", "small", "right"))
-    assert len(sc.scene_captions(twins)) == len(set(sc.scene_captions(twins))) < len(sc.TEMPLATES)
-    assert len(sc.VOCABULARY) == 21 and list(sc.VOCABULARY) == sorted(set(sc.VOCABULARY))
+    assert len(sc.scene_captions(twins)) == len(set(sc.scene_captions(twins))) < len(sc.scene_captions(scene))
+    assert len(sc.VOCABULARY) == 22 and list(sc.VOCABULARY) == sorted(set(sc.VOCABULARY))
     _, scenes = sc.make_split("train", 40, 0, 32)
     assert {w for s in scenes for c in s.captions for w in c.split()} <= set(sc.VOCABULARY)
+
+
+@pytest.mark.parametrize("task", DEFAULT_BINDING_TASKS)
+def test_binding_positives_are_training_captions_and_negatives_never_are(task: str) -> None:
+    """Every true description a binding task scores is a caption of its scene (the model has read that
+    phrasing with such images) and no false one is. Mutation tried: descriptions without the position
+    prefix (the position tasks' positives are then missing); ``describe`` of the other object (binding
+    negatives become captions)."""
+    scenes = [sc.make_scene("test", i, 0, 32)[0] for i in range(200)]
+    examples = binding_examples([s.objects for s in scenes], task, 20, seed=1)
+    for e in examples:
+        captions = scenes[e.scene_index].captions
+        assert e.positive.lower() in captions
+        assert e.negative.lower() not in captions
 
 
 # --------------------------------------------------------------------------- held-out combinations
@@ -280,7 +305,7 @@ def test_data_module_batches_and_caption_rotation(built: Path) -> None:
     expected = torch.from_numpy(raw[pos["train"][i]]).permute(2, 0, 1).float() / 127.5 - 1
     assert torch.equal(images[0], expected)
     seen: dict[int, set[int]] = {}
-    for epoch in range(8):
+    for epoch in range(max(len(ids) for ids in dm.scene_captions["train"])):
         loader.sampler.set_epoch(epoch)  # what Lightning's fit loop calls
         for index, target in batches(loader).items():
             assert target in dm.scene_captions["train"][index]
@@ -319,3 +344,37 @@ def test_data_module_k_way_labels_test_filters_and_refusals(built: Path) -> None
         sc.ScenesDataModule(str(built), val_size=60)
     with pytest.raises(Exception, match="build-scenes"):
         sc.ScenesDataModule(str(built / "nowhere"))
+    with pytest.raises(ValueError, match="cue_train needs data.label caption"):
+        sc.ScenesDataModule(str(built), label="shape_left", cue_train=True)
+
+
+def test_a_build_of_an_older_caption_format_is_refused_with_its_rebuild_command(built: Path, tmp_path: Path) -> None:
+    """Mutation tried: no format check (an old build trains without the binding descriptions, silently)."""
+    old = tmp_path / "old"
+    shutil.copytree(built, old)
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(Exception, match="format_version 1.*rebuild: diffclf build-scenes"):
+        sc.ScenesDataModule(str(old))
+
+
+def test_cue_train_items_join_the_training_split_with_shape_and_colour_captions(built: Path) -> None:
+    """The textured objects follow the scenes in the training split, each with captions naming its shape
+    and colour and never its texture. Mutations tried: the cue images not appended (the loader's length
+    fails); captions from the texture's shape (the caption check fails)."""
+    plain = sc.ScenesDataModule(str(built), batch_size=6, seed=0)
+    dm = sc.ScenesDataModule(str(built), batch_size=6, seed=0, cue_train=True)
+    items = rows(built / "cue_train" / "items.jsonl")
+    n = len(plain.positions["train"])
+    assert len(dm.scene_captions["train"]) == n + len(items) == 54 + 60
+    for item, ids in zip(items, dm.scene_captions["train"][n:]):
+        captions = {dm.captions[i] for i in ids}
+        assert captions == {f"a {item['shape']}", f"a {item['color']} object", f"a {item['color']} {item['shape']}"}
+    dm.setup("fit")
+    assert len(dm.train_dataset) == n + len(items)
+    cue = np.load(built / "cue_train" / "images.npy")
+    image, target, index = dm.train_dataset[n + 7]
+    assert index == n + 7
+    assert torch.equal(image, torch.from_numpy(cue[7]).permute(2, 0, 1).float() / 127.5 - 1)
+    assert target in dm.scene_captions["train"][n + 7]
+    assert dm.scene_captions["val"] == plain.scene_captions["val"]

@@ -12,7 +12,9 @@ binomial tests, per-example scores, provenance) and prints a table.
 - ``binding``: the scenes of a ``build-scenes`` folder's split; Clark & Jaini's binary tasks (controls,
   single bindings ``X|Y``, pairs ``X,Y``) with a two-sided binomial test against chance at p < 0.01.
 - ``cue_conflict``: Geirhos' stimuli (16 categories) or a ``build-scenes`` folder's ``cue_conflict/``; the
-  categories' prompts are scored for each image; shape and texture accuracy and the shape bias.
+  categories' prompts are scored for each image, or, for a 1000-class ImageNet classifier (a DiT-XL/2, a timm
+  model), the mean probability of each category's ImageNet classes (Geirhos' 207; a diffusion classifier
+  scores only those); shape and texture accuracy and the shape bias.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import torch
 from torch import Tensor
 
 from diffclf.data.binding import binding_examples, parse_task
-from diffclf.data.cue_conflict import CueConflictDataset
+from diffclf.data.cue_conflict import CUE_CONFLICT_CATEGORIES, CueConflictDataset, cue_conflict_label_space
+from diffclf.data.label_spaces import NUM_IMAGENET_CLASSES
 from diffclf.data.winoground import WinogroundDataset
 from diffclf.data.zero_shot import ResizeCenterCrop
 from diffclf.metrics.compositional import (
@@ -40,6 +43,7 @@ from diffclf.metrics.compositional import (
 )
 from diffclf.metrics.provenance import provenance
 from diffclf.models.prompts import read_templates
+from diffclf.tasks.base import ClassifierTask
 from diffclf.tasks.zero_shot import PromptedTask
 
 Evaluation = Literal["winoground", "binding", "cue_conflict"]
@@ -120,24 +124,54 @@ def run_binding(model: PromptedTask, root: str, split: str, tasks: Sequence[str]
     return {"split": split, "tasks": results}
 
 
-def run_cue_conflict(model: PromptedTask, root: str, templates: str, image_size: int, batch_size: int,
-                     limit: int | None, match: Callable, device: torch.device) -> dict[str, Any]:
-    """The categories' prompts scored for every stimulus (mean over templates); the strict 16-way (or K-way)
-    decision; shape and texture accuracy and the shape bias."""
+def imagenet_category_scorer(model: ClassifierTask, categories: Sequence[str]) -> Callable[[Tensor, Tensor], Tensor]:
+    """Scores of the 16 categories for a 1000-class ImageNet classifier (a DiT-XL/2, a timm model): the model
+    classifies over the label space of Geirhos' 207 mapped classes only (a diffusion classifier scores just
+    those), and a category's score is the log of its classes' *mean* probability, model-vs-human's rule
+    (``diffclf.metrics.compositional.mean_probability_scores``): the label space's log-sum-exp minus the log of
+    its class count. The softmax normaliser is common to a row, so the ranking equals model-vs-human's softmax
+    over all 1000 classes."""
+    if model.num_model_classes != NUM_IMAGENET_CLASSES or tuple(categories) != CUE_CONFLICT_CATEGORIES:
+        raise ValueError(f"cue_conflict: a {type(model).__name__} with {model.num_model_classes} classes decides the 16 "
+                         f"categories only as a 1000-class ImageNet model on Geirhos' stimuli (categories "
+                         f"{', '.join(CUE_CONFLICT_CATEGORIES)}); got categories {', '.join(categories)}")
+    model.label_space = cue_conflict_label_space()
+    sizes = torch.tensor([len(ids) for ids in model.label_space.model_classes], dtype=torch.float64)
+
+    def score(images: Tensor, keys: Tensor) -> Tensor:
+        logits = model.classify(images, keys.to(images.device)).logits
+        if logits is None:
+            raise ValueError(f"cue_conflict: {type(model).__name__} gives no logits of p(c|x), which the mean-"
+                             "probability rule needs")
+        return logits.double().cpu() - sizes.log()
+
+    return score
+
+
+def run_cue_conflict(model: ClassifierTask, root: str, templates: str, image_size: int, batch_size: int,
+                     limit: int | None, level: float, match: Callable | None, device: torch.device) -> dict[str, Any]:
+    """Every stimulus scored over the categories — a prompted model: the categories' prompts (mean over
+    templates); a 1000-class ImageNet model: :func:`imagenet_category_scorer` — then the strict 16-way (or
+    K-way) decision; shape and texture accuracy and the shape bias."""
     data = CueConflictDataset(root, image_size=image_size)
     names = list(data.categories)
-    prompts = [[t.format(c) for c in names] for t in read_templates(templates)]
     n = len(data) if limit is None else min(limit, len(data))
+    if isinstance(model, PromptedTask):
+        prompts = [[t.format(c) for c in names] for t in read_templates(templates)]
+
+        def score(x: Tensor, keys: Tensor) -> Tensor:
+            return torch.stack([match(x, [p] * len(x), keys).float().cpu() for p in prompts]).mean(0)
+    else:
+        score = imagenet_category_scorer(model, names)
     preds, shapes, textures = [], [], []
     for rows in _batches(n, batch_size):
         items = [data[i] for i in rows]
         x = torch.stack([it[0] for it in items]).to(device)
         keys = torch.tensor([it[3] for it in items])
-        s = torch.stack([match(x, [p] * len(items), keys).float().cpu() for p in prompts]).mean(0)
-        preds.append(strict_argmax(s))
+        preds.append(strict_argmax(score(x, keys)))
         shapes += [it[1] for it in items]
         textures += [it[2] for it in items]
-    bias = shape_bias(torch.cat(preds), torch.tensor(shapes), torch.tensor(textures))
+    bias = shape_bias(torch.cat(preds), torch.tensor(shapes), torch.tensor(textures), level)
     return {"n": n, "dropped_same_cue": data.dropped, "categories": names, **bias.as_dict(),
             "pred": torch.cat(preds).tolist(), "shape": shapes, "texture": textures}
 
@@ -145,7 +179,7 @@ def run_cue_conflict(model: PromptedTask, root: str, templates: str, image_size:
 def compositional(
     evaluation: Evaluation,
     root: str,
-    model: PromptedTask | None = None,
+    model: ClassifierTask | None = None,
     ckpt_path: str | None = None,
     out: str = "runs/compositional",
     draws: int | None = 1000,
@@ -167,12 +201,14 @@ def compositional(
         root: the data: a Winoground copy, a cue-conflict stimuli folder, or a ``build-scenes`` folder
             (its ``winoground/`` and ``cue_conflict/`` subfolders for those two).
         model: the model, a class spec (``--model diffclf.tasks.TextDiffusionClassifier
-            --model.init_args.pretrained DIR``).
-        ckpt_path: instead of ``model``, a checkpoint of a prompted task diffclf trained
-            (``TextDiTClassifier``, ``ContrastiveClassifier``).
+            --model.init_args.pretrained DIR``); for ``cue_conflict`` also a 1000-class ImageNet classifier
+            (``--model diffclf.tasks.DiffusionClassifier --model.init_args.pretrained DiT-XL-2-256x256.pt``, a timm
+            baseline), which decides among the 16 categories by the mean probability of their 207 classes.
+        ckpt_path: instead of ``model``, a checkpoint diffclf trained (``TextDiTClassifier``,
+            ``ContrastiveClassifier``; for ``cue_conflict`` a 1000-class ``DiffusionClassifier`` too).
         out: folder for the JSON record.
         draws: draws per (image, caption) pair for a diffusion model (Li et al. used 1000 even timesteps on
-            Winoground); ignored by CLIP.
+            Winoground); for a class-conditional one, draws per class (``Exhaustive``); ignored by CLIP.
         image_size: side images are resized and center-cropped to (512 for SD 2.0; a model's own size).
         batch_size: images per ``match`` call.
         limit: the first N examples (Winoground, cue-conflict) only.
@@ -190,12 +226,21 @@ def compositional(
         from diffclf.tasks.checkpoints import load_task
 
         model = load_task(ckpt_path)
-        if not isinstance(model, PromptedTask):
-            raise ValueError(f"--ckpt_path {ckpt_path}: a {type(model).__name__} scores class ids, not captions; "
-                             "give a TextDiTClassifier or ContrastiveClassifier checkpoint")
+    if not isinstance(model, PromptedTask) and evaluation != "cue_conflict":
+        raise ValueError(f"compositional --evaluation {evaluation}: a {type(model).__name__} scores class ids, not "
+                         "captions; give a prompted model (TextDiffusionClassifier, ClipClassifier, or a TextDiTClassifier "
+                         "/ ContrastiveClassifier checkpoint); a 1000-class ImageNet model runs --evaluation cue_conflict")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     model = model.to(dev).eval()
-    match = _match(model, draws)
+    if isinstance(model, PromptedTask):
+        match = _match(model, draws)
+    else:
+        match = None
+        if draws is not None and hasattr(model, "strategy"):
+            # A class-conditional diffusion classifier: every one of the 207 classes on ``draws`` shared draws.
+            from diffclf.strategies import Exhaustive
+
+            model.strategy = Exhaustive(trials=draws)
     with torch.no_grad():
         if evaluation == "winoground":
             result = run_winoground(model, root, image_size, batch_size, limit, level, match, dev)
@@ -203,7 +248,7 @@ def compositional(
             result = run_binding(model, root, split, tasks or list(DEFAULT_BINDING_TASKS), num_examples, seed,
                                  image_size, batch_size, level, match, dev)
         else:
-            result = run_cue_conflict(model, root, templates, image_size, batch_size, limit, match, dev)
+            result = run_cue_conflict(model, root, templates, image_size, batch_size, limit, level, match, dev)
     record = {"evaluation": evaluation, "model": type(model).__name__, "checkpoint": ckpt_path,
               "hparams": _plain(dict(model.hparams)),
               "root": str(root), "draws": draws, "image_size": image_size, **provenance(dev), **result}
@@ -236,5 +281,7 @@ def format_record(record: dict[str, Any]) -> str:
             lines.append(f"{name:22s} {_rate(r):32s} {r['p_value']:.2e}       {'yes' if r['significant'] else 'no'}")
     else:
         lines.append(f"shape accuracy {100 * record['shape_accuracy']:.1f}%, texture accuracy "
-                     f"{100 * record['texture_accuracy']:.1f}%, shape bias {record['shape_bias']:.3f} (n = {record['n']})")
+                     f"{100 * record['texture_accuracy']:.1f}%, shape bias {record['shape_bias']:.3f} "
+                     f"[{record['bias_low']:.3f}, {record['bias_high']:.3f}], p = {record['p_value']:.2e} against 0.5 "
+                     f"(n = {record['n']})")
     return "\n".join(lines)

@@ -8,10 +8,16 @@ the attributes of Clark & Jaini 2023 (App. D, after Lewis et al. 2022). Everythi
 ``(seed, split, index)`` alone, so scene ``i`` does not depend on how many scenes a build asks for, and
 the same seed gives the same bytes.
 
-**Captions.** Every scene has the captions of :data:`TEMPLATES` (duplicates dropped, template order),
-a fixed grammar over the 21 words of :data:`VOCABULARY` (``a``, ``and``, ``of``, ``on``, ``the``,
-``left``, ``right``, ``object``, the shapes, colours and sizes; the article is always ``a``, since no
-attribute word starts with a vowel), so a word-level tokenizer is a lookup in that list.
+**Captions.** Every scene has the captions of :data:`TEMPLATES`, then every description in Clark &
+Jaini's grammar (:func:`diffclf.data.binding.describe`) that is true of it: one object or both (joined by
+"and", leftmost first), naming every non-empty subset of size, colour and shape, with and without the
+"on the {position} is a" prefix (:func:`scene_descriptions`). All are lower-cased, duplicates dropped.
+Real captions name some of a scene's objects and attributes, never all; the binding tasks' true
+descriptions are phrased this way, so a model trained on these captions reads the tasks' words in
+their own grammar, while their false descriptions never occur with the image. The 22 words of
+:data:`VOCABULARY` (``a``, ``and``, ``is``, ``of``, ``on``, ``the``, ``left``, ``right``, ``object``,
+the shapes, colours and sizes; the article is always ``a``, since no attribute word starts with a
+vowel) make a word-level tokenizer a lookup in that list.
 
 **Held-out combinations.** A (shape, colour) pair is held out when the colour's index in
 :data:`COLOR_NAMES` (sorted, as :mod:`diffclf.data.binding`: blue 0, brown 1, cyan 2, gray 3, green 4,
@@ -31,6 +37,8 @@ shape's images (items ``k`` with ``(k // 3) % 10 != 9``) carry its own texture, 
 in the conflict split every shape carries another shape's texture, both other shapes equally often.
 Textures are named by the shape that owns them (``cube1-sphere3.png``: a cube with dots), as Geirhos'
 stimuli name textures by category, so shape-bias readers compare the two cues in one class space.
+A ``cue_train`` item's captions (:func:`cue_captions`) name its shape and colour, never its texture:
+the texture is a cue only through its correlation with the shape, as texture is in natural images.
 
 The files are written by ``diffclf build-scenes`` (:mod:`diffclf.cli.build_scenes`); :class:`ScenesDataModule`
 serves the train / val / test arrays.
@@ -52,7 +60,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from diffclf.data.arrays import stratified_subset
 from diffclf.data.base import ClassificationDataModule, DataSourceError, stage_splits
-from diffclf.data.binding import COLORS, POSITIONS, SHAPES, SIZES, SceneObject
+from diffclf.data.binding import COLORS, POSITIONS, SHAPES, SIZES, SceneObject, describe, join_descriptions
 from diffclf.data.label_spaces import LabelSpace
 from diffclf.data.transforms import to_model_range
 
@@ -95,7 +103,7 @@ TEMPLATES: tuple[str, ...] = (
 )
 #: The Winoground-style captions' template (index into :data:`TEMPLATES`).
 WINOGROUND_TEMPLATE = 2
-_GRAMMAR_WORDS = ("a", "and", "left", "of", "on", "right", "the", "object")
+_GRAMMAR_WORDS = ("a", "and", "is", "left", "of", "on", "right", "the", "object")
 VOCABULARY: tuple[str, ...] = tuple(sorted({*_GRAMMAR_WORDS, *SHAPES, *COLOR_NAMES, *SIZES}))
 
 #: Entropy tags of the splits: a scene's draws come from ``SeedSequence([seed, tag, index])``.
@@ -105,7 +113,8 @@ CUE_CANONICAL_FRACTION = 0.9
 META_FILE = "meta.json"
 IMAGES_FILE = "images.npy"
 SCENES_FILE = "scenes.jsonl"
-FORMAT_VERSION = 1
+#: 2: captions hold Clark & Jaini's descriptions (``is`` joined the vocabulary); a version-1 build lacks them.
+FORMAT_VERSION = 2
 
 #: An object's place: centre pixel ``(x, y)`` and half-extent ``r`` in pixels.
 Box = tuple[int, int, int]
@@ -213,12 +222,40 @@ def render_scene(objects: Sequence[SceneObject], size: int, rng: np.random.Gener
 
 
 # --------------------------------------------------------------------------- scenes and captions
+#: Attribute subsets a description names (Clark & Jaini's size, colour, shape; the prefix adds position).
+DESCRIBED: tuple[frozenset[str], ...] = tuple(
+    frozenset(a for a, bit in zip(("size", "color", "shape"), (4, 2, 1)) if mask & bit) for mask in range(1, 8)
+)
+
+
+def scene_descriptions(objects: Sequence[SceneObject]) -> list[str]:
+    """Every description of a ``(left, right)`` pair in :func:`diffclf.data.binding.describe`'s grammar:
+    each object alone, then both joined (leftmost first), for each subset of :data:`DESCRIBED`, without
+    and with position."""
+    left, right = objects
+    out = []
+    for attributes in DESCRIBED:
+        for named in (attributes, attributes | {"position"}):
+            out += [describe(left, named), describe(right, named),
+                    join_descriptions(describe(left, named), describe(right, named))]
+    return out
+
+
 def scene_captions(objects: Sequence[SceneObject]) -> tuple[str, ...]:
-    """The captions of :data:`TEMPLATES` for a ``(left, right)`` pair, duplicates dropped, template order."""
+    """The captions of :data:`TEMPLATES` for a ``(left, right)`` pair, then :func:`scene_descriptions`;
+    lower-cased (the tokenizer's case), duplicates dropped, in that order."""
     left, right = objects
     words = {f"{side}_{attr}": getattr(obj, attr) for side, obj in (("l", left), ("r", right))
              for attr in ("shape", "color", "size")}
-    return tuple(dict.fromkeys(t.format(**words) for t in TEMPLATES))
+    captions = [t.format(**words) for t in TEMPLATES] + scene_descriptions(objects)
+    return tuple(dict.fromkeys(c.lower() for c in captions))
+
+
+def cue_captions(item: CueItem) -> tuple[str, ...]:
+    """A ``cue_train`` item's captions: its shape, its colour, or both (``a cube``, ``a red object``,
+    ``a red cube``), never its texture."""
+    obj = SceneObject(shape=item.shape, color=item.color, size="large", position="left")
+    return tuple(dict.fromkeys(describe(obj, a).lower() for a in DESCRIBED if "size" not in a))
 
 
 def is_held_out(obj: SceneObject) -> bool:
@@ -420,7 +457,24 @@ def read_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise DataSourceError(f"no scenes build at {folder} ({META_FILE}: {err}); {_hint(folder)}") from None
     if not isinstance(meta, dict) or meta.get("name") != "scenes":
         raise DataSourceError(f"{folder / META_FILE}: not a scenes build; {_hint(folder)}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataSourceError(f"{folder / META_FILE}: format_version {meta.get('format_version')}, this diffclf reads "
+                              f"{FORMAT_VERSION} (its captions changed); rebuild: {meta.get('command') or _hint(folder)}")
     return folder, meta
+
+
+def read_cue_items(folder: Path) -> list[CueItem]:
+    """The ``cue_train`` items in image order."""
+    path = folder / "cue_train" / "items.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        items = [CueItem(int(r["index"]), r["shape"], r["texture_shape"], r["color"],
+                         tuple(int(v) for v in r["box"])) for r in rows]  # type: ignore[arg-type]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataSourceError(f"{path}: unreadable ({err}); {_hint(folder)}") from None
+    if [it.index for it in items] != list(range(len(items))):
+        raise DataSourceError(f"{path}: item indices are not 0..{len(items) - 1} in order; {_hint(folder)}")
+    return items
 
 
 def read_scenes(folder: Path, split: str) -> list[Scene]:
@@ -505,6 +559,8 @@ class ScenesDataModule(ClassificationDataModule):
         val_size: training scenes held out as ``val`` (fixed seed 0, stratified by left shape);
             default a tenth of the training split.
         test_scenes: ``all`` test scenes, only ``seen`` combinations, or only ``held_out`` ones.
+        cue_train: also train on the build's textured ``cue_train`` objects (``label: caption`` only), with
+            :func:`cue_captions`: what the cue-conflict shape-bias test needs a model to have seen.
         **kwargs: ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``, ``eval_limit``,
             ``predict_split``: see :class:`ClassificationDataModule`. ``flip`` must stay off: a mirrored
             scene swaps left and right, so its captions would be wrong.
@@ -514,7 +570,7 @@ class ScenesDataModule(ClassificationDataModule):
 
     def __init__(self, path: str, label: Literal["caption", "shape_left", "color_left"] = "caption",
                  val_size: int | None = None, test_scenes: Literal["all", "seen", "held_out"] = "all",
-                 **kwargs: Any) -> None:
+                 cue_train: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if self.flip:
             raise ValueError("data.flip must be false for scenes: a mirrored scene swaps left and right")
@@ -522,13 +578,18 @@ class ScenesDataModule(ClassificationDataModule):
             raise ValueError(f"data.label must be caption, shape_left or color_left, got {label!r}")
         if test_scenes not in ("all", "seen", "held_out"):
             raise ValueError(f"data.test_scenes must be all, seen or held_out, got {test_scenes!r}")
+        if cue_train and label != "caption":
+            raise ValueError(f"data.cue_train needs data.label caption (the textured objects have no {label}), got {label!r}")
         self.folder, self.meta = read_meta(path)
-        self.path, self.label, self.test_scenes = path, label, test_scenes
+        self.path, self.label, self.test_scenes, self.cue_train = path, label, test_scenes, cue_train
         self.image_size, self.in_channels = int(self.meta["size"]), 3
         self.name = "scenes" if test_scenes == "all" else f"scenes-{test_scenes}"
         self.vocabulary: tuple[str, ...] = VOCABULARY
         train, test = read_scenes(self.folder, "train"), read_scenes(self.folder, "test")
-        self.captions: tuple[str, ...] = tuple(sorted({c for s in train + test for c in s.captions}))
+        self.cue_items: tuple[CueItem, ...] = tuple(read_cue_items(self.folder)) if cue_train else ()
+        cue = [cue_captions(it) for it in self.cue_items]
+        self.captions: tuple[str, ...] = tuple(sorted({c for s in train + test for c in s.captions}
+                                                      | {c for cs in cue for c in cs}))
         n = len(train)
         val_size = max(1, n // 10) if val_size is None else val_size
         if not 1 <= val_size < n:
@@ -545,6 +606,7 @@ class ScenesDataModule(ClassificationDataModule):
         self.scene_captions: dict[str, tuple[tuple[int, ...], ...]] = {
             split: tuple(tuple(ids[c] for c in s.captions) for s in scenes) for split, scenes in self.scenes.items()
         }
+        self.scene_captions["train"] += tuple(tuple(ids[c] for c in cs) for cs in cue)
         if label == "caption":
             self.label_space = LabelSpace.identity(self.captions, name="scene_captions")
         else:
@@ -558,7 +620,7 @@ class ScenesDataModule(ClassificationDataModule):
             return [SHAPES.index(s.objects[0].shape) for s in scenes]
         if self.label == "color_left":
             return [COLOR_NAMES.index(s.objects[0].color) for s in scenes]
-        return [ids[0] for ids in self.scene_captions[split]]
+        return [ids[0] for ids in self.scene_captions[split]]  # train: the cue items' too
 
     def build_datasets(self, stage: str) -> dict[str, Dataset]:
         out: dict[str, Dataset] = {}
@@ -566,10 +628,12 @@ class ScenesDataModule(ClassificationDataModule):
             if split not in stage_splits(stage):
                 continue
             source = "test" if split == "test" else "train"
-            images = read_images(self.folder, source, int(self.meta["counts"][source]), self.image_size)
+            images = read_images(self.folder, source, int(self.meta["counts"][source]), self.image_size)[self.positions[split]]
+            if split == "train" and self.cue_items:
+                cue = read_images(self.folder, "cue_train", len(self.cue_items), self.image_size)
+                images = np.concatenate([images, cue])
             choices = self.scene_captions[split] if split == "train" and self.label == "caption" else None
-            out[split] = SceneDataset(images[self.positions[split]], self.targets(split), choices,
-                                      self._epoch, self.seed)
+            out[split] = SceneDataset(images, self.targets(split), choices, self._epoch, self.seed)
         return out
 
     def train_dataloader(self) -> DataLoader:

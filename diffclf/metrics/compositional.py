@@ -148,7 +148,11 @@ def binding_summary(correct: Tensor | np.ndarray, level: float = 0.95, alpha: fl
 # ---------------------------------------------------------------------------------------- shape bias
 @dataclass(frozen=True)
 class ShapeBias:
-    """Geirhos et al.'s cue-conflict result; ``shape_bias`` is NaN when no decision matched either cue."""
+    """Geirhos et al.'s cue-conflict result; ``shape_bias`` is NaN when no decision matched either cue.
+
+    ``bias_low`` / ``bias_high``: the exact (Clopper-Pearson) interval of the shape bias, a rate of
+    ``shape_correct`` among the ``shape_correct + texture_correct`` cue-matching decisions; ``p_value``: the
+    two-sided binomial test of that rate against 0.5 (no preference for either cue)."""
 
     total: int
     shape_correct: int
@@ -156,6 +160,10 @@ class ShapeBias:
     shape_accuracy: float
     texture_accuracy: float
     shape_bias: float
+    bias_low: float = math.nan
+    bias_high: float = math.nan
+    p_value: float = math.nan
+    level: float = 0.95
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -196,7 +204,7 @@ def mean_probability_scores(logits: Tensor, model_classes: Sequence[Sequence[int
     return torch.stack(cols, dim=1)
 
 
-def shape_bias(pred: Tensor, shape: Tensor, texture: Tensor) -> ShapeBias:
+def shape_bias(pred: Tensor, shape: Tensor, texture: Tensor, level: float = 0.95) -> ShapeBias:
     """Shape and texture accuracy and shape bias = shape-correct / (shape-correct + texture-correct).
 
     ``modelvshuman/plotting/analyses.py`` ``ShapeBias``. ``pred`` holds one decided class per image,
@@ -217,5 +225,8 @@ def shape_bias(pred: Tensor, shape: Tensor, texture: Tensor) -> ShapeBias:
     n = pred.numel()
     k_shape, k_texture = int((pred == shape).sum()), int((pred == texture).sum())
     decided = k_shape + k_texture
-    bias = k_shape / decided if decided else math.nan
-    return ShapeBias(n, k_shape, k_texture, k_shape / n, k_texture / n, bias)
+    if not decided:
+        return ShapeBias(n, k_shape, k_texture, k_shape / n, k_texture / n, math.nan, level=level)
+    low, high = clopper_pearson(k_shape, decided, level)
+    p = float(binomtest(k_shape, decided, 0.5, alternative="two-sided").pvalue)
+    return ShapeBias(n, k_shape, k_texture, k_shape / n, k_texture / n, k_shape / decided, low, high, p, level)

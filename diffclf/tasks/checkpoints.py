@@ -80,20 +80,21 @@ def load_task(path: str | Path, option: str = "--ckpt_path", map_location: str |
 
 def published_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, Any]:
     """A release checkpoint from a training one: only the EMA weights (evaluation and sampling use them;
-    loading copies them into the training weights, so fine-tuning starts from them), the
-    hyperparameters that fix the architecture and the task's class path; no optimizer state."""
+    loading copies them into the training weights, so fine-tuning starts from them) — or, for a task that
+    keeps no EMA (``trains_ema`` false: the contrastive model), its weights — the hyperparameters that fix
+    the architecture and the task's class path; no optimizer state."""
     ckpt = read_checkpoint(path, option=option)
     ema = {k: v for k, v in ckpt.state_dict.items() if k.startswith("ema.")}
-    if not ema:
+    cls = task_class(ckpt) if ema or (ckpt.raw.get("hyper_parameters") or {}).get("_class_path") else None
+    if not ema and (cls is None or getattr(cls, "trains_ema", True)):
         raise ValueError(f"{option} {path}: no EMA weights (ema.*); expected a DiffusionClassifier checkpoint")
     if ckpt.hparams.get("pretrained") is not None:
         raise ValueError(
             f"{option} {path} was fine-tuned from model.pretrained={ckpt.hparams['pretrained']}; "
             "publish it with `diffclf export` (a diffusers folder) instead"
         )
-    cls = task_class(ckpt)
     return {
-        "state_dict": ema,
+        "state_dict": ema or dict(ckpt.state_dict),  # a task without an EMA (a contrastive model): its weights
         "hyper_parameters": {"_class_path": f"{cls.__module__}.{cls.__name__}",
                              **fixed_hparams(ckpt, cls)},
         "pytorch-lightning_version": ckpt.raw.get("pytorch-lightning_version"),

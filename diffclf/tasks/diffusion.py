@@ -308,11 +308,7 @@ class DiffusionClassifier(ClassifierTask):
         update_ema(self.ema, self.dit, decay)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A published checkpoint (``cli.py publish``) holds only the EMA weights: they become the
-        training weights too, so a fine-tune starts from them."""
-        state = checkpoint.get("state_dict", {})
-        if any(k.startswith("ema.") for k in state) and not any(k.startswith("dit.") for k in state):
-            state.update({"dit." + k[len("ema."):]: v.clone() for k, v in list(state.items()) if k.startswith("ema.")})
+        ema_as_training_weights(checkpoint)
 
     def on_train_epoch_start(self) -> None:
         set_data_epoch(self)
@@ -502,6 +498,14 @@ def step_training_key(module: LightningModule, seed: int, batch_idx: int) -> tup
     return training_key(seed, world, module.global_rank, module.global_step, micro)
 
 
+def ema_as_training_weights(checkpoint: dict[str, Any]) -> None:
+    """A published checkpoint (``cli.py publish``) holds only the EMA weights (``ema.*``): copy them in as the
+    training weights (``dit.*``) too, so loading is strict and a fine-tune starts from them."""
+    state = checkpoint.get("state_dict", {})
+    if any(k.startswith("ema.") for k in state) and not any(k.startswith("dit.") for k in state):
+        state.update({"dit." + k[len("ema."):]: v.clone() for k, v in list(state.items()) if k.startswith("ema.")})
+
+
 def set_data_epoch(module: LightningModule) -> None:
     """Tell the data module the epoch (its distributed training sampler's shuffle, caption rotation)."""
     dm = getattr(module.trainer, "datamodule", None)
@@ -524,16 +528,17 @@ def check_hybrid(weight: float, images: int, classes: int | None, temperature: f
 
 
 def conditioning_groups(
-    dit: torch.nn.Module, lr: float, cond_lr_mult: float
+    dit: torch.nn.Module, lr: float, cond_lr_mult: float, table: torch.nn.Parameter | None = None
 ) -> list[torch.nn.Parameter] | list[dict[str, Any]]:
-    """AdamW parameter groups: the class-embedding table at ``lr * cond_lr_mult``, the rest at ``lr``.
+    """AdamW parameter groups: the conditioning's embedding table (default: DiT's class-embedding table; a
+    TextDiT passes its word-embedding table) at ``lr * cond_lr_mult``, the rest at ``lr``.
 
     Adam moves every weight by about ``lr`` per step whatever its gradient, and DiT initialises the table at
     std 0.02, so at ``lr = 1e-3`` the class embedding needs hundreds of steps to matter beside the timestep
     embedding it is added to; a larger rate for the table alone speeds that up. With ``cond_lr_mult = 1``
     one group, as before, so the optimizer states of earlier training checkpoints still resume."""
     params = [p for p in dit.parameters() if p.requires_grad]
-    table = dit.y_embedder.embedding_table.weight
+    table = dit.y_embedder.embedding_table.weight if table is None else table
     if cond_lr_mult == 1.0 or not table.requires_grad:
         return params
     return [{"params": [p for p in params if p is not table], "lr": lr}, {"params": [table], "lr": lr * cond_lr_mult}]

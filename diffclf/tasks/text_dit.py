@@ -40,7 +40,9 @@ from diffclf.models.text_dit import (
 from diffclf.strategies import Exhaustive, Strategy
 from diffclf.tasks.base import Scored
 from diffclf.tasks.diffusion import (
+    conditioning_groups,
     describe_strategy,
+    ema_as_training_weights,
     elbo_scored,
     per_index_noise,
     scheduled_adamw,
@@ -125,6 +127,9 @@ class CaptionedTask(PromptedTask):
         cls = type(self)
         checkpoint.setdefault("hyper_parameters", {}).setdefault("_class_path", f"{cls.__module__}.{cls.__name__}")
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ema_as_training_weights(checkpoint)  # a published TextDiT; a no-op for the contrastive model
+
     def tokens_of(self, caption_ids: Tensor) -> Tensor:
         """``(B, L)`` tokens of the data's captions ``caption_ids``."""
         if self.caption_tokens is None:
@@ -170,6 +175,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             the mask is drawn from the step's seeded stream (``diffclf.diffusion.losses.training_draws``).
         lr, weight_decay, betas, warmup_steps, lr_schedule, lr_final_ratio, ema_decay, ema_warmup,
             num_timesteps, beta_start, beta_end, val_timesteps: as ``DiffusionClassifier``.
+        cond_lr_mult: learning-rate multiplier of the word-embedding table (``DiffusionClassifier``'s for its
+            class table): the words start at std 0.02 and otherwise need hundreds of steps to steer the image.
         templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
             templates nor a prompt file the prompts are the class names as they are (the shipped presets say
             "a photo of a ...", words a model trained on scenes never saw).
@@ -197,6 +204,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         model_kwargs: dict[str, Any] | None = None,
         caption_dropout_prob: float = 0.1,
         lr: float = 1e-4,
+        cond_lr_mult: float = 1.0,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
@@ -229,6 +237,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             raise ValueError(f"model.caption_dropout_prob must be in [0, 1), got {caption_dropout_prob}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
+        if cond_lr_mult <= 0:
+            raise ValueError(f"model.cond_lr_mult must be > 0, got {cond_lr_mult}")
         if combine not in ("error", "best"):
             raise ValueError(f"model.init_args.combine must be error or best; got {combine!r}")
         if self.scoring.compile:
@@ -278,7 +288,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         update_ema(self.ema, self.dit, ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup))
 
     def configure_optimizers(self) -> Any:
-        return scheduled_adamw(self, [p for p in self.dit.parameters() if p.requires_grad])
+        table = self.dit.text_encoder.token_embedding.weight
+        return scheduled_adamw(self, conditioning_groups(self.dit, self.hparams.lr, self.hparams.cond_lr_mult, table))
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         """EMA eps-loss at fixed timesteps, noise fixed per image (as ``DiffusionClassifier``)."""
@@ -380,6 +391,7 @@ class ContrastiveClassifier(CaptionedTask):
         ci_level, results_dir, results_file, label, calibration: as the other kinds.
     """
 
+    trains_ema: ClassVar[bool] = False  # ``cli.py publish`` keeps its weights as they are
     weight_hparams: ClassVar[frozenset[str]] = frozenset({
         "image_encoder", "image_encoder_kwargs", "in_channels", "vocabulary", "max_tokens", "embed_dim", "text_width", "text_depth", "text_heads",
     })
