@@ -465,29 +465,26 @@ def read_meta(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 def read_cue_items(folder: Path) -> list[CueItem]:
     """The ``cue_train`` items in image order."""
-    path = folder / "cue_train" / "items.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        items = [CueItem(int(r["index"]), r["shape"], r["texture_shape"], r["color"],
-                         tuple(int(v) for v in r["box"])) for r in rows]  # type: ignore[arg-type]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise DataSourceError(f"{path}: unreadable ({err}); {_hint(folder)}") from None
-    if [it.index for it in items] != list(range(len(items))):
-        raise DataSourceError(f"{path}: item indices are not 0..{len(items) - 1} in order; {_hint(folder)}")
-    return items
+    def parse(r: dict[str, Any]) -> CueItem:
+        return CueItem(int(r["index"]), r["shape"], r["texture_shape"], r["color"], tuple(int(v) for v in r["box"]))  # type: ignore[arg-type]
+
+    return _read_rows(folder, folder / "cue_train" / "items.jsonl", parse)
 
 
 def read_scenes(folder: Path, split: str) -> list[Scene]:
     """The scenes of ``split`` (``train`` / ``test``) in image order."""
-    path = folder / split / SCENES_FILE
+    return _read_rows(folder, folder / split / SCENES_FILE, Scene.from_json)
+
+
+def _read_rows(folder: Path, path: Path, parse: Any) -> list[Any]:
+    """The parsed rows of a jsonl file whose ``index`` fields run 0..N-1; one-line errors with the rebuild hint."""
     try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        scenes = [Scene.from_json(r) for r in rows]
+        items = [parse(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise DataSourceError(f"{path}: unreadable ({err}); {_hint(folder)}") from None
-    if [s.index for s in scenes] != list(range(len(scenes))):
-        raise DataSourceError(f"{path}: scene indices are not 0..{len(scenes) - 1} in order; {_hint(folder)}")
-    return scenes
+    if [it.index for it in items] != list(range(len(items))):
+        raise DataSourceError(f"{path}: indices are not 0..{len(items) - 1} in order; {_hint(folder)}")
+    return items
 
 
 def read_images(folder: Path, split: str, count: int, image_size: int) -> np.ndarray:
