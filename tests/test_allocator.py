@@ -36,9 +36,12 @@ def _probe(mode: str, **env: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_kept_memory_is_not_faulted_in_again() -> None:
-    applied, kept = _probe("keep")
-    _, default = _probe("default")
-    assert applied == "True"
+    """Medians of three probes each: one probe of either setting now and then reads far off its usual count
+    (seen on a 2-vCPU Xeon: 7,823 faults kept, 1,568 default, against ~1,000 and ~100,000 usually)."""
+    keep = [_probe("keep") for _ in range(3)]
+    default = sorted(_probe("default")[1] for _ in range(3))[1]
+    kept = sorted(n for _, n in keep)[1]
+    assert all(applied == "True" for applied, _ in keep)
     # The forward's 1-25 MB activations are faulted in again on every call with glibc's default
     # (about 100k pages here); once kept, they are reused from the heap.
     assert default > 20_000 and kept < default // 10, (default, kept)

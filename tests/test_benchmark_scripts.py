@@ -446,3 +446,56 @@ def test_compositional_report_tabulates_every_record_and_the_winoground_diagnost
     assert json.loads((tmp_path / "summary.json").read_text())["command"] == "test"
     with pytest.raises(SystemExit, match="c/binding.json"):
         report.main(["--results", str(tmp_path), "--models", "a", "c", "--no_figure"])
+
+
+def test_caption_conditioning_swaps_one_left_attribute_and_scores_every_variant_on_shared_draws(tmp_path: Path) -> None:
+    """The variants of a scene by hand, and the true caption's error of one timestep recomputed from the EMA
+    model's own forward on the script's draws. Mutation tried: a fresh eps per variant (the shares then differ
+    from the shared-draw count computed here)."""
+    from diffclf.cli import main as cli_main
+    from diffclf.data.binding import SceneObject
+    from diffclf.data.scenes import VOCABULARY, read_images, read_meta, read_scenes
+    from diffclf.data.transforms import to_model_range
+    from diffclf.tasks.text_dit import TextDiTClassifier
+
+    script = _script("caption_conditioning")
+    red_cylinder = SceneObject(shape="cylinder", color="red", size="small", position="left")
+    yellow = SceneObject(shape="sphere", color="yellow", size="large", position="right")
+    assert script.caption([red_cylinder, yellow], "color") == \
+        "a small blue cylinder on the left and a large yellow sphere on the right"  # red -> yellow taken -> blue
+    assert script.caption([red_cylinder, yellow], "shape").startswith("a small red cube on the left")
+    assert script.caption([red_cylinder, yellow], "size").startswith("a large red cylinder")
+    root = tmp_path / "scenes"
+    cli_main(["build-scenes", "--out", str(root), "--seed", "0", "--size", "32", "--train", "8", "--test", "6",
+              "--winoground", "2", "--cue_train", "2", "--cue_conflict", "2"])
+    torch.manual_seed(0)
+    task = TextDiTClassifier(model="TextDiT-T/4", input_size=32, max_tokens=20, vocabulary=list(VOCABULARY),
+                             model_kwargs={"hidden_size": 32, "depth": 1, "num_heads": 2, "text_width": 32,
+                                           "text_depth": 1, "text_heads": 2})
+    for p in task.ema.parameters():  # nonzero output layers, so the caption changes the prediction
+        p.data.normal_(0, 0.2)
+    ckpt = tmp_path / "tiny.ckpt"
+    hparams = {**task.hparams, "_class_path": "diffclf.tasks.text_dit.TextDiTClassifier"}  # as on_save_checkpoint writes
+    torch.save({"state_dict": task.state_dict(), "hyper_parameters": hparams}, ckpt)
+    record = script.main(["--ckpt_path", str(ckpt), "--root", str(root), "--limit", "6", "--timesteps", "300,700",
+                          "--out", str(tmp_path / "cond")])
+    assert [r["t"] for r in record["rows"]] == [300, 700] and record["scenes"] == 6
+    assert (tmp_path / "cond.md").read_text().count("\n| 300 |") == 1
+    folder, meta = read_meta(root)
+    scenes = read_scenes(folder, "test")
+    x0 = torch.stack([to_model_range(a) for a in read_images(folder, "test", 6, 32)])
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.full((6,), 300, dtype=torch.long)
+    x_t = task.schedule.q_sample(x0, t, noise)
+    ema = task.ema.eval()
+
+    def err(captions: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return (ema(x_t, t, task.tokenizer.tokenize(captions)) - noise).pow(2).flatten(1).mean(1)
+
+    true = err([script.caption(list(s.objects)) for s in scenes])
+    empty = err([""] * 6)
+    row = record["rows"][0]
+    assert abs(row["true_error"] - float(true.mean())) < 1e-6
+    assert row["empty"]["true_lower"] == float((empty > true).float().mean())

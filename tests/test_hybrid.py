@@ -141,3 +141,27 @@ def test_conditioning_rate_multiplies_only_the_label_table(tmp_path: Path) -> No
     plain.trainer = trainer
     opt = plain.configure_optimizers()
     assert len((opt["optimizer"] if isinstance(opt, dict) else opt).param_groups) == 1
+
+
+def test_caption_candidates_draw_only_captions_false_of_the_image() -> None:
+    """Column 0 is the image's own caption; the others are distinct batch captions outside its true set, each
+    false caption about equally often. Mutation tried: dropping the true-set filter (a true caption of the
+    image, id 1 here, becomes a negative) fails."""
+    from diffclf.diffusion.hybrid import caption_candidates
+
+    own = torch.tensor([0, 4])
+    true = [{0, 1, 2}, {4, 5}]
+    pool = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 3])
+    c = caption_candidates(own, true, pool, 3, torch.Generator().manual_seed(0))
+    assert c.shape == (2, 3) and c[:, 0].tolist() == [0, 4]
+    for row, t in zip(c.tolist(), true):
+        assert len(set(row)) == 3 and not set(row[1:]) & t and set(row[1:]) <= set(pool.tolist())
+    assert torch.equal(caption_candidates(own, true, pool, 3, torch.Generator().manual_seed(0)), c)
+    many = caption_candidates(torch.zeros(3000, dtype=torch.long), [{0, 1, 2}] * 3000, pool, 2,
+                              torch.Generator().manual_seed(1))[:, 1]
+    counts = torch.bincount(many, minlength=7)
+    assert counts[:3].sum() == 0 and counts[3:].min() > 650  # 4 false captions, 750 each expected
+    with pytest.raises(ValueError, match="hybrid_captions"):
+        caption_candidates(own, true, pool, 6, torch.Generator().manual_seed(0))  # image 0 has 4 false ones
+    with pytest.raises(ValueError, match="not among its image's true captions"):
+        caption_candidates(torch.tensor([3]), [{0, 1}], pool, 2, torch.Generator().manual_seed(0))

@@ -301,6 +301,65 @@ def test_training_drops_captions_with_the_steps_seeded_draws(toy: ToySquares, tm
     assert 0 < sum(int(d.sum()) for _, d in seen) < 96
 
 
+class ToySquaresWithTruth(ToySquares):
+    """ToySquares with every training image's true captions (its colour with and without its size word), as
+    ``ScenesDataModule.scene_captions`` gives them: what the hybrid objective needs to pick false negatives."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        _, colour, caption = self.train
+        self.scene_captions = {"train": tuple((int(c), int(k)) for c, k in zip(colour, caption))}
+
+
+def test_hybrid_step_scores_the_own_caption_against_false_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hybrid step: the second denoiser call holds the first ``hybrid_images`` images on their own ``(t, eps)``
+    with their own caption first and false batch captions after, and the logged cross-entropy equals one written
+    out from per-candidate forwards. Mutation tried: negatives that only exclude the own caption (so the other true
+    caption of an image, 6 of 8 drawn, gets in) fail."""
+    data = ToySquaresWithTruth(batch_size=32)
+    module = TextDiTClassifier(model="TextDiT-T/4", input_size=SIDE, max_tokens=8, vocabulary=VOCABULARY,
+                               model_kwargs=SMALL_DIT, lr=0.0, caption_dropout_prob=0.0, hybrid_weight=1.0,
+                               hybrid_images=4, hybrid_captions=7, seed=5)
+    original = type(module.dit).forward
+    calls: list[tuple[torch.Tensor, ...]] = []
+
+    def spy(self: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
+            force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append((x.detach().clone(), t.clone(), tokens.clone()))
+        return original(self, x, t, tokens, force_drop_ids)
+
+    monkeypatch.setattr(type(module.dit), "forward", spy)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(module, datamodule=data)
+    assert len(calls) == 2
+    (x_all, t_all, tok_all), (x_h, t_h, tok_h) = calls
+    images, caption_ids, index = next(iter(data.train_dataloader()))
+    draws = training_draws(training_key(5, 1, 0, 0, 0), images.shape, 1000, 0.0, "cpu")
+    assert torch.equal(t_all, draws.t) and x_h.shape[0] == 28
+    rows = {tuple(r): k for k, r in enumerate(module.caption_tokens.tolist())}
+    cands = torch.tensor([rows[tuple(r)] for r in tok_h.tolist()]).view(4, 7)
+    assert torch.equal(cands[:, 0], caption_ids[:4])
+    for m in range(4):
+        truth = set(data.scene_captions["train"][int(index[m])])
+        assert not set(cands[m, 1:].tolist()) & truth and set(cands[m, 1:].tolist()) <= set(caption_ids.tolist())
+        assert torch.equal(x_h[7 * m], x_all[m]) and torch.equal(t_h[7 * m : 7 * m + 7], t_all[m].repeat(7))
+    monkeypatch.undo()
+    want = 0.0
+    with torch.no_grad():
+        for m in range(4):
+            err = [float((module.dit(x_all[m:m + 1], t_all[m:m + 1], module.caption_tokens[c].view(1, -1))
+                          - draws.noise[m:m + 1]).pow(2).sum()) for c in cands[m].tolist()]
+            lowest = min(err)  # the softmax written out, shifted so that exp does not underflow
+            want += (err[0] - lowest + math.log(sum(math.exp(lowest - e) for e in err))) / 4
+    assert abs(float(trainer.callback_metrics["train/hybrid_ce"]) - want) < 1e-3
+    with pytest.raises(ValueError, match="scene_captions"):
+        _trainer(tmp_path, max_steps=1).fit(
+            TextDiTClassifier(model="TextDiT-T/4", input_size=SIDE, max_tokens=8, vocabulary=VOCABULARY,
+                              model_kwargs=SMALL_DIT, hybrid_weight=1.0), datamodule=ToySquares(batch_size=32))
+    with pytest.raises(ValueError, match="hybrid_captions"):
+        TextDiTClassifier(vocabulary=VOCABULARY, hybrid_captions=1)
+
+
 def test_word_table_gets_its_own_rate(toy: ToySquares, tmp_path: Path) -> None:
     """``cond_lr_mult`` puts the word-embedding table (and nothing else) in a group at ``lr * mult``; at 1 there
     is one group. Mutation tried: passing DiT's default table (a TextDiT has no class table: AttributeError)."""

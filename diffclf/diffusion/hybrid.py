@@ -15,7 +15,7 @@ true class and ``J - 1`` others at random) is a sampled softmax: a cheaper, bias
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,38 @@ def hybrid_candidates(labels: Tensor, num_classes: int, per_image: int | None, g
     u[torch.arange(m, device=labels.device), labels] = 2.0  # the own label sorts last: never an "other"
     others = u.argsort(dim=1)[:, : j - 1]
     return torch.cat([labels[:, None], others], dim=1)
+
+
+def caption_candidates(captions: Tensor, true_sets: Sequence[Collection[int]], pool: Tensor, per_image: int,
+                       generator: torch.Generator) -> Tensor:
+    """Candidate captions ``(M, J)``: image ``m``'s own caption ``captions[m]`` in column 0, then ``J - 1``
+    distinct captions of ``pool`` (the batch's) drawn at random among those *not* in ``true_sets[m]``.
+
+    Free captions have no class structure: another image's caption may describe this image too ("a cube"
+    of two scenes with a cube), and a softmax that pushed it down would teach the model to ignore a true
+    word. ``true_sets[m]`` (every caption the data holds true of image ``m``) keeps such captions out, so
+    every negative is false of its image: CLIP's in-batch negatives (Radford et al. 2021), with the false
+    negatives a small caption set repeats removed. ``generator`` is a CPU generator (the choice is index
+    bookkeeping, the same on every device).
+    """
+    m = captions.shape[0]
+    if per_image < 2:
+        raise ValueError(f"model.hybrid_captions must be at least 2 (the own caption and one other), got {per_image}")
+    if len(true_sets) != m:
+        raise ValueError(f"{len(true_sets)} caption sets for {m} images")
+    distinct = torch.unique(pool.cpu()).tolist()
+    rows = []
+    for own, true in zip(captions.cpu().tolist(), true_sets):
+        if own not in true:
+            raise ValueError(f"caption {own} is not among its image's true captions: the data's caption sets and "
+                             "batches disagree")
+        negatives = [c for c in distinct if c not in true]
+        if len(negatives) < per_image - 1:
+            raise ValueError(f"a batch has {len(negatives)} captions false of one of its images, fewer than "
+                             f"model.hybrid_captions - 1 = {per_image - 1}: lower hybrid_captions or raise the batch size")
+        pick = torch.randperm(len(negatives), generator=generator)[: per_image - 1].tolist()
+        rows.append([own] + [negatives[i] for i in pick])
+    return torch.tensor(rows, dtype=torch.long, device=captions.device)
 
 
 def elbo_cross_entropy(

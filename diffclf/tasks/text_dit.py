@@ -23,7 +23,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from diffclf.diffusion.losses import diffusion_loss, training_draws
+from diffclf.diffusion.hybrid import caption_candidates, elbo_cross_entropy
+from diffclf.diffusion.losses import diffusion_loss, training_draws, training_generator
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Denoiser, Scorer, ScoringOptions
 from diffclf.models.clip import ensemble_prompts
@@ -40,10 +41,11 @@ from diffclf.models.text_dit import (
 from diffclf.strategies import Exhaustive, Strategy
 from diffclf.tasks.base import Scored
 from diffclf.tasks.diffusion import (
+    check_hybrid,
     conditioning_groups,
     describe_strategy,
-    ema_as_training_weights,
     elbo_scored,
+    ema_as_training_weights,
     per_index_noise,
     scheduled_adamw,
     scoring_options,
@@ -177,6 +179,12 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             num_timesteps, beta_start, beta_end, val_timesteps: as ``DiffusionClassifier``.
         cond_lr_mult: learning-rate multiplier of the word-embedding table (``DiffusionClassifier``'s for its
             class table): the words start at std 0.02 and otherwise need hundreds of steps to steer the image.
+        hybrid_weight, hybrid_images, hybrid_captions, hybrid_temperature: ``DiffusionClassifier``'s hybrid
+            objective with captions for classes: the cross-entropy of each of the batch's first ``hybrid_images``
+            images' own caption against ``hybrid_captions - 1`` captions of other batch images that are false of
+            it (``diffclf.diffusion.hybrid.caption_candidates``; the data's ``scene_captions`` say which are
+            true), on the image's own ``(t, eps)``. Small objects on a plain background make the caption a tiny part of
+            the eps loss, and eps training alone left the conditioning unlearned at this budget.
         templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
             templates nor a prompt file the prompts are the class names as they are (the shipped presets say
             "a photo of a ...", words a model trained on scenes never saw).
@@ -205,6 +213,10 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         caption_dropout_prob: float = 0.1,
         lr: float = 1e-4,
         cond_lr_mult: float = 1.0,
+        hybrid_weight: float = 0.0,
+        hybrid_images: int = 16,
+        hybrid_captions: int = 8,
+        hybrid_temperature: float = 1.0,
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
@@ -237,8 +249,9 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             raise ValueError(f"model.caption_dropout_prob must be in [0, 1), got {caption_dropout_prob}")
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
-        if cond_lr_mult <= 0:
-            raise ValueError(f"model.cond_lr_mult must be > 0, got {cond_lr_mult}")
+        check_hybrid(hybrid_weight, hybrid_images, None, hybrid_temperature, cond_lr_mult)
+        if hybrid_captions < 2:
+            raise ValueError(f"model.hybrid_captions must be >= 2 (the own caption and one other), got {hybrid_captions}")
         if combine not in ("error", "best"):
             raise ValueError(f"model.init_args.combine must be error or best; got {combine!r}")
         if self.scoring.compile:
@@ -252,6 +265,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         self.ema: TextDiT | None = None
         self._scorer: Scorer | None = None
         self._table: TextFeatures | None = None
+        self._true_captions: list[frozenset[int]] | None = None
         if vocabulary is not None:
             self.build()
 
@@ -268,8 +282,18 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
                              "set model.init_args.input_size / in_channels (or the data's image size) to agree")
 
     # ------------------------------------------------------------------ training
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and self.hparams.hybrid_weight > 0:
+            dm = getattr(self._trainer, "datamodule", None)
+            sets = getattr(dm, "scene_captions", {}).get("train") if dm is not None else None
+            if sets is None:
+                raise ValueError("model.hybrid_weight > 0 needs the data's true captions of every training item "
+                                 "(`scene_captions['train']`, e.g. diffclf.data.ScenesDataModule); set hybrid_weight 0")
+            self._true_captions = [frozenset(s) for s in sets]
+
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, caption_ids, _ = batch
+        images, caption_ids, index = batch
         self._check_input(images)
         key = step_training_key(self, self.hparams.seed, batch_idx)
         t, noise, drop = training_draws(key, images.shape, self.schedule.num_timesteps,
@@ -278,11 +302,34 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         out = self.dit(x_t, t, self.tokens_of(caption_ids), force_drop_ids=drop)  # drop: caption -> empty caption
         losses = diffusion_loss(out, images, x_t, t, noise, self.schedule, self.hparams.learn_sigma)
         loss = losses["loss"]
+        if self.hparams.hybrid_weight > 0:
+            loss = loss + self.hparams.hybrid_weight * self._hybrid_loss(key, x_t, t, noise, caption_ids, index)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss became {loss.item()} at global step {self.global_step} "
                                      f"(epoch {self.current_epoch}, batch {batch_idx})")
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return loss
+
+    def _hybrid_loss(self, key: tuple[int, ...], x_t: Tensor, t: Tensor, noise: Tensor, caption_ids: Tensor,
+                     index: Tensor) -> Tensor:
+        """Cross-entropy on the ELBO logits of the batch's first ``hybrid_images`` images over their own caption and
+        false ones (``caption_candidates``), on their own draws; the step's ``hybrid`` stream picks the negatives."""
+        hp = self.hparams
+        if self._true_captions is None:
+            raise RuntimeError("no true-caption sets: setup('fit') reads them from the data")
+        m = min(hp.hybrid_images, x_t.shape[0])
+        true = [self._true_captions[i] for i in index[:m].tolist()]
+        cands = caption_candidates(caption_ids[:m], true, caption_ids, hp.hybrid_captions,
+                                   training_generator(key, "hybrid", "cpu"))
+        channels = x_t.shape[1]
+
+        def denoise(x: Tensor, tt: Tensor, ids: Tensor) -> Tensor:
+            return self.dit(x, tt, self.tokens_of(ids))[:, :channels]
+
+        ce, err = elbo_cross_entropy(denoise, x_t[:m], t[:m], noise[:m], cands, hp.hybrid_temperature)
+        self.log("train/hybrid_ce", ce, batch_size=m)
+        self.log("train/hybrid_acc", (err.argmin(dim=1) == 0).float().mean(), batch_size=m)
+        return ce
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         update_ema(self.ema, self.dit, ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup))
