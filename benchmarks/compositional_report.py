@@ -129,7 +129,7 @@ def figure(summary: dict[str, Any], path: Path) -> None:
         rows = [summary[m]["binding"][t] for t in tasks]
         acc = np.array([r["accuracy"] for r in rows]) * 100
         err = np.array([[r["accuracy"] - r["low"], r["high"] - r["accuracy"]] for r in rows]).T * 100
-        axes[0].bar(np.arange(len(tasks)) + k * width, acc, width, yerr=err, capsize=2, label=summary[m]["model"])
+        axes[0].bar(np.arange(len(tasks)) + k * width, acc, width, yerr=err, capsize=2, label=m)
     axes[0].axhline(50, color="k", ls="--", lw=0.8)
     axes[0].set_xticks(np.arange(len(tasks)) + width * (len(models) - 1) / 2, tasks, rotation=60, ha="right", fontsize=8)
     axes[0].set_ylabel("accuracy (%)")
@@ -149,7 +149,7 @@ def figure(summary: dict[str, Any], path: Path) -> None:
         axes[2].bar(k, c["shape_bias"], 0.6, yerr=[[c["shape_bias"] - c["bias_low"]], [c["bias_high"] - c["shape_bias"]]],
                     capsize=3, color=f"C{k}")
     axes[2].axhline(0.5, color="k", ls="--", lw=0.8)
-    axes[2].set_xticks(range(len(models)), [summary[m]["model"].replace("Classifier", "") for m in models], fontsize=8)
+    axes[2].set_xticks(range(len(models)), models, fontsize=7, rotation=25, ha="right")
     axes[2].set_ylim(0, 1)
     axes[2].set_title("cue-conflict shape bias")
     fig.tight_layout()
