@@ -27,6 +27,7 @@ from diffclf.data.transforms import to_model_range
 from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.metrics.provenance import provenance
 from diffclf.tasks.checkpoints import load_task
+from diffclf.tasks.text_dit import TextDiTClassifier
 
 FULL = TEMPLATES[4]  # every attribute of both objects, left first
 
@@ -37,8 +38,8 @@ def caption(objects: list, replace: str | None = None) -> str:
     words = {"l_shape": left.shape, "l_color": left.color, "l_size": left.size,
              "r_shape": right.shape, "r_color": right.color, "r_size": right.size}
     if replace == "color":
-        words["l_color"] = next(c for k in range(1, len(COLORS)) if (c := COLORS[(COLORS.index(left.color) + k)
-                                % len(COLORS)]) not in (left.color, right.color))
+        i = COLORS.index(left.color)
+        words["l_color"] = next(c for c in COLORS[i + 1:] + COLORS[:i] if c != right.color)
     elif replace == "shape":
         words["l_shape"] = SHAPES[(SHAPES.index(left.shape) + 1) % len(SHAPES)]
     elif replace == "size":
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     task = load_task(args.ckpt_path)
-    if not hasattr(task, "caption_denoiser"):
+    if not isinstance(task, TextDiTClassifier):  # pixel-space inputs and its own schedule, unlike an SD folder's
         raise SystemExit(f"--ckpt_path {args.ckpt_path}: not a text-conditional denoiser (a TextDiTClassifier)")
     folder, meta = read_meta(args.root)
     scenes = read_scenes(folder, args.split)[: args.limit]

@@ -183,8 +183,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             objective with captions for classes: the cross-entropy of each of the batch's first ``hybrid_images``
             images' own caption against ``hybrid_captions - 1`` captions of other batch images that are false of
             it (``diffclf.diffusion.hybrid.caption_candidates``; the data's ``scene_captions`` say which are
-            true), on the image's own ``(t, eps)``. Small objects on a plain background make the caption a tiny part of
-            the eps loss, and eps training alone left the conditioning unlearned at this budget.
+            true), on the image's own ``(t, eps)``. Small objects on a plain background make the caption a tiny
+            part of the eps loss, and eps training alone left the conditioning unlearned at this budget.
         templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
             templates nor a prompt file the prompts are the class names as they are (the shipped presets say
             "a photo of a ...", words a model trained on scenes never saw).
