@@ -110,10 +110,24 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
 THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 MIN_TRIALS = (2, 3, 4)
 ROUND_SIZES = (1, 2)
+POOLED_THRESHOLDS = (1.5, 2.0, 2.5, 3.0, 4.0)
+POOLED_ALPHAS = (0.02, 0.05, 0.1, 0.2)
+TRIAL_CAPS = (None, 100, 50, 30)
+# rows of the error-controlled family, among which the fit rule chooses (the rest are the peers it must beat)
+CANDIDATES = ("racing", "ttest pooled")
+
+
+def _caps(n0: int, draws: int) -> list[int | None]:
+    return [c for c in TRIAL_CAPS if c is None or n0 <= c < draws]
+
+
+def _capped(name: str, cap: int | None) -> str:
+    return name if cap is None else f"{name} cap={cap}"
 
 
 def racing_grid(scale: list[float], snr: list[float], draws: int) -> list[tuple[str, Strategy]]:
-    """Racing on raw errors, on standardised errors, and standardised with the fitted scoring order."""
+    """Racing on raw errors, on standardised errors, standardised with the fitted scoring order, and on raw
+    errors with the image's pooled variance, with and without a draw cap."""
     out: list[tuple[str, Strategy]] = []
     for variant, kw in (
         ("raw", {}),
@@ -129,6 +143,32 @@ def racing_grid(scale: list[float], snr: list[float], draws: int) -> list[tuple[
                             Racing(threshold=thr, min_trials=n0, max_trials=draws, round_size=r, **kw),
                         )
                     )
+    for thr in POOLED_THRESHOLDS:
+        for n0 in MIN_TRIALS:
+            for cap in _caps(n0, draws):
+                out.append(
+                    (
+                        _capped(f"racing pooled z={thr} min={n0}", cap),
+                        Racing(threshold=thr, min_trials=n0, max_trials=draws, variance="pooled", trial_cap=cap),
+                    )
+                )
+    return out
+
+
+def pooled_ttest_grid(draws: int) -> list[tuple[str, Strategy]]:
+    """The paired t-test on the image's pooled variance (its critical value still from ``n - 1`` dof: strict
+    early, near 2 late), one draw per round, with and without a draw cap."""
+    out: list[tuple[str, Strategy]] = []
+    for alpha in POOLED_ALPHAS:
+        for n0 in (2, 3):
+            for cap in _caps(n0, draws):
+                out.append(
+                    (
+                        _capped(f"ttest pooled a={alpha} min={n0}", cap),
+                        PairedTTest(alpha=alpha, min_trials=n0, max_trials=draws, round_size=1, variance="pooled",
+                                    trial_cap=cap),
+                    )
+                )
     return out
 
 
@@ -180,23 +220,24 @@ def replayed(task, batches, table: dict, strategies: list[tuple[str, Strategy]])
 
 
 def choose(rows: list[dict], max_drop_points: float, min_agreement: float) -> dict:
-    """The cheapest racing row within ``max_drop_points`` of exhaustive and ``min_agreement`` with it."""
+    """The cheapest candidate row within ``max_drop_points`` of exhaustive and ``min_agreement`` with it."""
     ok = [
         r for r in rows
-        if r["name"].startswith("racing")
+        if r["name"].startswith(CANDIDATES)
         and r["accuracy_diff_points"] >= -max_drop_points
         and r["agreement"] >= min_agreement
     ]
     if not ok:
         raise SystemExit(
-            f"error: no racing setting is within {max_drop_points} points and {100 * min_agreement}% agreement "
+            f"error: no racing or pooled t-test setting is within {max_drop_points} points and {100 * min_agreement}% agreement "
             "on the training images; widen the grid"
         )
     return min(ok, key=lambda r: (r["forwards_per_image"], -r["accuracy"]))
 
 
 def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
-    """Fit the profile and the racing knobs on the training table; replay everything on the test table."""
+    """Fit the profile and the racing / pooled t-test knobs on the training table; replay everything on the
+    test table."""
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test = load_table(args.train), load_table(args.test)
@@ -218,7 +259,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         raise SystemExit(f"error: {err}") from None
     T = task.schedule.num_timesteps
     scale, snr = fit_timestep_profile(train["errors"], train["timesteps"], args.bins, T)
-    grid = racing_grid(scale, snr, draws)
+    grid = racing_grid(scale, snr, draws) + pooled_ttest_grid(draws)
     print(f"fitted on {len(train['index'])} training images: scale {scale}, snr {snr}", flush=True)
     train_rows = replayed(task, train_batches, train, grid)
     chosen = choose(train_rows, args.max_drop_points, args.min_agreement)
@@ -239,7 +280,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     )
     n = len(test["index"])
     exh_s = test["meta"]["seconds"] / n
-    best_peer = [r for r in test_rows if not r["name"].startswith("racing") and r["name"] != "exhaustive"]
+    best_peer = [r for r in test_rows if not r["name"].startswith(CANDIDATES) and r["name"] != "exhaustive"]
     targets = {
         "within_points": 0.5,
         "max_pct_of_exhaustive": 3.0,
@@ -259,7 +300,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "test_table": {"path": args.test, **test["meta"]},
         "exhaustive_seconds_per_image": exh_s,
         "fit_rule": (
-            f"cheapest racing setting within {args.max_drop_points} points of exhaustive-{draws} and "
+            f"cheapest racing or pooled t-test setting within {args.max_drop_points} points of exhaustive-{draws} and "
             f">= {100 * args.min_agreement}% agreement with it on the training images"
         ),
     }
@@ -285,22 +326,25 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     )
 
 
-def preset_yaml(strategy: Racing, meta: dict) -> str:
-    """The chosen strategy as a ``--model.init_args.strategy`` preset file."""
+def preset_yaml(strategy: Strategy, meta: dict) -> str:
+    """The chosen strategy as a ``--model.init_args.strategy`` preset file: its class and every public argument."""
     lines = [
-        f"# Racing fitted by benchmarks/error_control.py on {meta['train_table']['split']} images of {meta['data']}",
+        f"# {type(strategy).__name__} fitted by benchmarks/error_control.py on {meta['train_table']['split']} images "
+        f"of {meta['data']}",
         f"# ({meta['ckpt_path']}, {meta['date'][:10]}): {meta['fit_rule']}.",
-        "class_path: diffclf.strategies.Racing",
+        f"class_path: diffclf.strategies.{type(strategy).__name__}",
         "init_args:",
-        f"  threshold: {strategy.threshold}",
-        f"  min_trials: {strategy.min_trials}",
-        f"  max_trials: {strategy.max_trials}",
-        f"  round_size: {strategy.round_size}",
     ]
-    for key in ("timestep_scale", "timestep_snr"):
-        value = getattr(strategy, key)
-        lines.append(f"  {key}: " + ("null" if value is None else "[" + ", ".join(repr(v) for v in value) + "]"))
-    lines.append(f"  num_timesteps: {strategy.num_timesteps}")
+    for key, value in vars(strategy).items():
+        if key.startswith("_"):
+            continue
+        if value is None:
+            text = "null"
+        elif isinstance(value, list):
+            text = "[" + ", ".join(repr(v) for v in value) + "]"
+        else:
+            text = repr(value) if isinstance(value, float) else str(value)
+        lines.append(f"  {key}: {text}")
     return "\n".join(lines) + "\n"
 
 

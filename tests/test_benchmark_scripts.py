@@ -20,9 +20,10 @@ import torch
 import yaml
 
 from diffclf.data import LabelSpace
-from diffclf.strategies import Adaptive, Exhaustive, PairedTTest
+from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Racing
 from diffclf.strategies.replay import ReplayScorer
 from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, run_live, run_replay, split_batches
+from diffclf.tasks.diffusion import describe_strategy
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
@@ -246,7 +247,9 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
     assert result["live"]["replay_matches_live"] is True
     assert len(result["profile"]["timestep_scale"]) == 4
     preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
-    assert preset["class_path"] == "diffclf.strategies.Racing" and preset["init_args"]["max_trials"] == 8
+    chosen_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[preset["class_path"]]
+    assert preset["init_args"]["max_trials"] == 8
+    assert describe_strategy(chosen_class(**preset["init_args"])) == result["chosen"]["strategy"]  # the preset is the choice
     with pytest.raises(SystemExit, match="--test .*recorded on the train split, expected test"):
         error_control.main([
             "evaluate", "--train", str(tmp_path / "tr.pt"), "--test", str(tmp_path / "tr.pt"),

@@ -4,6 +4,7 @@ and the timestep profile it is fitted with."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -29,10 +30,17 @@ def synthetic_table(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return errors.float(), target
 
 
-def reference_racing(errors, timesteps, threshold, min_trials, round_size, scale=None, snr=None, T=1000):
-    """An image-at-a-time racing loop written from the method's description, not from the package."""
+def reference_racing(
+    errors, timesteps, threshold, min_trials, round_size, scale=None, snr=None, T=1000, pooled=False, cap=None
+):
+    """An image-at-a-time racing loop written from the method's description, not from the package.
+
+    ``pooled``: every rival is tested with the lower median of the rivals' paired variances; ``cap``: the
+    most draws any class gets.
+    """
     out_pred, out_fwd = [], []
     D = errors.shape[-1]
+    last = D if cap is None else cap
     bins = len(scale or snr or [1])
     b = [min(int(float(t) * bins / T), bins - 1) for t in timesteps]
     w = [1.0 / scale[j] for j in b] if scale else [1.0] * D
@@ -40,17 +48,22 @@ def reference_racing(errors, timesteps, threshold, min_trials, round_size, scale
     for e in errors.double().tolist():
         alive = list(range(len(e)))
         n, fwd = 0, 0
-        while n < D and len(alive) > 1:
-            stop = min(max(n + round_size, min_trials), D)
+        while n < last and len(alive) > 1:
+            stop = min(max(n + round_size, min_trials), last)
             fwd += len(alive) * (stop - n)
             n = stop
             z = {c: [e[c][k] * w[k] for k in order[:n]] for c in alive}
             lead = min(alive, key=lambda c: sum(z[c]) / n)
+            diffs = {c: [a - bb for a, bb in zip(z[c], z[lead])] for c in alive}
+            var_of = {c: statistics.variance(d) for c, d in diffs.items()}
+            if pooled:
+                shared = statistics.median_low([var_of[c] for c in alive if c != lead])
+                var_of = {c: shared for c in alive}
             keep = []
             for c in alive:
-                d = [a - bb for a, bb in zip(z[c], z[lead])]
+                d = diffs[c]
                 m = sum(d) / n
-                var = sum((x - m) ** 2 for x in d) / (n - 1)
+                var = var_of[c]
                 stat = m / math.sqrt(var / n) if var > 0 else (math.inf if m > 0 else math.nan)
                 if not stat > threshold:
                     keep.append(c)
@@ -80,6 +93,48 @@ def test_racing_matches_an_independent_reimplementation(profile, threshold, min_
     assert torch.equal(result.pred, pred)
     assert torch.equal(result.forwards, fwd)
     assert int(fwd.sum()) < N * K * D  # it did eliminate
+
+
+@pytest.mark.parametrize("threshold,min_trials,round_size,cap", [(2.0, 3, 1, None), (1.5, 2, 2, 11), (2.5, 4, 1, 7)])
+def test_pooled_racing_with_a_cap_matches_an_independent_reimplementation(threshold, min_trials, round_size, cap):
+    errors, _ = synthetic_table(4)
+    strategy = Racing(threshold, min_trials, D, round_size, variance="pooled", trial_cap=cap)
+    result, scorer = classify(strategy, errors)
+    ts = scorer.timesteps(torch.tensor([0]))[0].tolist()
+    pred, fwd = reference_racing(errors, ts, threshold, min_trials, round_size, pooled=True, cap=cap)
+    assert torch.equal(result.pred, pred)
+    assert torch.equal(result.forwards, fwd)
+    if cap is not None:
+        assert int(result.num_draws.max()) == cap  # some image was still racing at the cap
+    # pooling changes which classes go: the per-pair rule on the same table spends differently
+    per_pair, _ = classify(Racing(threshold, min_trials, D, round_size, trial_cap=cap), errors)
+    assert not torch.equal(per_pair.forwards, result.forwards)
+
+
+def test_the_pooled_variance_loses_the_winner_less_often_at_the_same_cost():
+    """The lever it is for: a pair's variance from three draws is heavy tailed (too small as often as too
+    large), so per-pair racing drops the winner on a lucky-looking rival; the image's pooled variance is
+    steady. Every rival difference here shares one noise level, the case pooling assumes."""
+    n, k, d = 200, 8, 40
+    agree = {"pair": 0.0, "pooled": 0.0}
+    spent = {"pair": 0.0, "pooled": 0.0}
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        base = 5 * torch.randn(n, 1, d, generator=g, dtype=torch.float64)  # shared by every class: cancels
+        gap = 1.5 * torch.rand(n, k, 1, generator=g, dtype=torch.float64)
+        gap[:, 0] = 0.0
+        errors = (base + gap + torch.randn(n, k, d, generator=g, dtype=torch.float64)).float()
+        index = torch.arange(n)
+        exhaustive = Exhaustive(trials=d).classify(ReplayScorer.from_run(errors, index, k), torch.zeros(n, 1, 2, 2), index)
+        for variance in agree:
+            scorer = ReplayScorer.from_run(errors, index, k)
+            raced = Racing(threshold=3.0, min_trials=3, max_trials=d, variance=variance).classify(
+                scorer, torch.zeros(n, 1, 2, 2), index
+            )
+            agree[variance] += float((raced.pred == exhaustive.pred).double().mean()) / 3
+            spent[variance] += float(raced.forwards.double().mean()) / 3
+    assert agree["pooled"] >= agree["pair"] + 0.02
+    assert spent["pooled"] <= 1.1 * spent["pair"]
 
 
 def test_racing_spends_fewer_forwards_than_exhaustive_and_is_exhaustive_when_nothing_is_dropped():
@@ -134,6 +189,9 @@ def test_fit_timestep_profile_recovers_scale_and_signal():
         ({"round_size": 0}, "round_size"),
         ({"timestep_scale": [1.0, 0.0]}, "timestep_scale"),
         ({"timestep_snr": []}, "timestep_snr"),
+        ({"variance": "pairs"}, "variance"),
+        ({"trial_cap": 2, "min_trials": 3}, "trial_cap"),
+        ({"trial_cap": 300, "max_trials": 250}, "trial_cap"),
     ],
 )
 def test_racing_refuses_bad_arguments(kwargs, match):

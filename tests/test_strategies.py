@@ -9,6 +9,7 @@ are compared on identical numbers.
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from pathlib import Path
 
@@ -439,6 +440,50 @@ def test_paired_ttest_prunes_exactly_like_scipy(alpha: float, alternative: str) 
     assert den.calls == int(result.forwards.sum())
 
 
+def pooled_ttest_reference(errors: np.ndarray, alpha: float, min_trials: int, cap: int) -> tuple[list[int], int]:
+    """The pooled variant from its description: every rival of the best is tested (two-sided, ``n - 1``
+    dof, scipy's t distribution) with the lower median of the rivals' own paired variances."""
+    m = errors.shape[0]
+    remaining, draws = set(range(m)), [0] * m
+    n, forwards = 0, 0
+    while n < cap and len(remaining) > 1:
+        forwards += len(remaining)
+        n += 1
+        for c in remaining:
+            draws[c] = n
+        if n >= min_trials:
+            best = min(remaining, key=lambda c: errors[c, :n].mean())
+            rivals = sorted(remaining - {best})
+            diffs = {c: errors[c, :n].astype(np.float64) - errors[best, :n] for c in rivals}
+            shared = statistics.median_low([float(np.var(diffs[c], ddof=1)) for c in rivals])
+            for c in rivals:
+                t = diffs[c].mean() / math.sqrt(shared / n)
+                if 2 * stats.t.sf(abs(t), n - 1) < alpha and t > 0:
+                    remaining.discard(c)
+    return draws, forwards
+
+
+@pytest.mark.parametrize("cap", [None, 25])
+def test_pooled_paired_ttest_with_a_cap_matches_its_description(cap: int | None) -> None:
+    table = random_table(8, 120, seed=4, spread=0.004)
+    strategy = PairedTTest(alpha=0.05, min_trials=3, max_trials=120, round_size=1, variance="pooled", trial_cap=cap)
+    scorer, den, x, index = setup(table, strategy)
+    errors = realized(scorer, x, index, PER_IMAGE)
+    den.calls = 0
+    result = strategy.classify(scorer, x, index, PER_IMAGE)
+    per_pair = PairedTTest(alpha=0.05, min_trials=3, max_trials=120, round_size=1, trial_cap=cap)
+    pair_scorer, _, _, _ = setup(table, per_pair)
+    pair_result = per_pair.classify(pair_scorer, x, index, PER_IMAGE)
+    for b in range(3):
+        draws, forwards = pooled_ttest_reference(errors[b], 0.05, 3, cap or 120)
+        assert result.num_draws[b].tolist() == draws
+        assert int(result.forwards[b]) == forwards
+    assert den.calls == int(result.forwards.sum())
+    assert not torch.equal(pair_result.num_draws, result.num_draws)  # pooling changed the drops
+    if cap is not None:
+        assert int(result.num_draws.max()) == cap
+
+
 def test_critical_t_of_each_alternative() -> None:
     one, two = critical_t(0.002, 30, "one-sided"), critical_t(0.002, 30, "two-sided")
     assert one == pytest.approx(stats.t.ppf(1 - 0.002, 29), rel=1e-9) and f"{one:.3f}" == "3.127"
@@ -510,6 +555,8 @@ def test_paired_ttest_keeps_identical_classes_to_the_end() -> None:
         ({"min_trials": 1}, "min_trials"),
         ({"min_trials": 30, "max_trials": 20}, "max_trials"),
         ({"round_size": 0}, "round_size"),
+        ({"variance": "median"}, "variance"),
+        ({"trial_cap": 10, "min_trials": 20}, "trial_cap"),
     ],
 )
 def test_paired_ttest_rejects_bad_options(kwargs: dict, match: str) -> None:

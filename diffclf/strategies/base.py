@@ -122,6 +122,20 @@ def from_table(table: ScoreTable, stage: Tensor | None = None, tiebreak: Tensor 
     )
 
 
+VARIANCES = ("pair", "pooled")
+
+
+def pooled_rival_variance(var: Tensor, rivals: Tensor) -> Tensor:
+    """``(B, M)``: every entry replaced by its image's (lower) median of ``var`` over ``rivals`` ``(B, M)``.
+
+    The paired-difference variances of one image's rivals of its leader share that image's draws and noise
+    level; their median is a steadier standard error than any one pair's few-draw variance (see
+    :class:`~diffclf.strategies.Racing`). An image without rivals gets NaN, which drops nothing.
+    """
+    pooled = var.masked_fill(~rivals, math.nan).nanmedian(dim=1).values
+    return pooled.unsqueeze(1).expand_as(var)
+
+
 class Strategy(ABC):
     """How to spend denoiser evaluations to classify a batch.
 

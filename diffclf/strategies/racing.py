@@ -11,6 +11,20 @@ profiles are fitted on training images (:func:`fit_timestep_profile`); the elimi
 fitted there too (``benchmarks/error_control.py``), so the error rate it controls is an empirical one,
 measured on training images, not an anytime-valid guarantee.
 
+Two more levers, for models whose per-draw signal is weak at every timestep (Fashion-MNIST's decisive pairs carry
+a third of digits' signal per draw, flat over t, so standardising and reordering buy nothing there):
+
+- **Pooled variance** (``variance="pooled"``). A pair's own variance from 3 draws has 2 degrees of freedom: its
+  ratio to the truth is heavy tailed, so a threshold that keeps the winner safe must be high and most classes
+  survive the first rounds. All rival differences of one image share its draws and its noise level, so the
+  image's (lower) median over its remaining rivals' variances is a far steadier standard error (the median, not the
+  mean, so a few far classes with large, noisy differences do not inflate it; their large mean gaps drop them
+  anyway). A pair still near the leader once the far classes are gone is tested on its own variance, pooled
+  over itself alone.
+- **A draw cap** (``trial_cap``). Images whose two best classes stay within the noise after tens of draws are
+  near-ties, right about as often as wrong whichever way they go; scoring them to the full grid buys little
+  accuracy per forward. ``trial_cap`` stops every image there and lets the lowest mean decide.
+
 Racing on paired differences with common random numbers follows Maron & Moore's Hoeffding races and the
 successive-elimination bandits (Even-Dar, Mannor & Mansour 2006), with the diffusion classifier's shared
 (t, eps) draws as the common random numbers (Li et al. 2023; Clark & Jaini 2023's paired t-test).
@@ -19,12 +33,13 @@ successive-elimination bandits (Even-Dar, Mannor & Mansour 2006), with the diffu
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import Classification, Strategy, from_table
+from diffclf.strategies.base import VARIANCES, Classification, Strategy, from_table, pooled_rival_variance
 
 
 def _bins(timesteps: Tensor, num_bins: int, num_timesteps: int) -> Tensor:
@@ -88,10 +103,12 @@ class Racing(Strategy):
     After ``n >= min_trials`` draws, each draw's error is divided by ``timestep_scale`` at its timestep
     (none: raw errors), the leader is the remaining class with the lowest mean standardised error, and a
     class ``c`` is dropped when ``mean(d) / (std(d) / sqrt(n)) > threshold`` for its paired differences
-    ``d`` to the leader on the ``n`` shared draws. Draws are scored in order of ``timestep_snr`` at their
-    timestep, highest first, ties in the scorer's spread order (none: the spread order itself). An image
-    stops at one class or ``max_trials`` draws; then the lowest mean standardised error decides, so at
-    ``max_trials`` equal to the grid and no scale it is :class:`~diffclf.strategies.Exhaustive`'s answer.
+    ``d`` to the leader on the ``n`` shared draws (``variance="pooled"``: ``std(d)`` is the median of
+    ``std(d)`` over the image's remaining rivals of the leader). Draws are scored in order of ``timestep_snr``
+    at their timestep, highest first, ties in the scorer's spread order (none: the spread order itself). An
+    image stops at one class or ``trial_cap`` draws (default ``max_trials``); then the lowest mean standardised
+    error decides, so at ``max_trials`` equal to the grid, no cap and no scale it is
+    :class:`~diffclf.strategies.Exhaustive`'s answer.
 
     Args:
         threshold: standard errors above zero that drop a class (fitted on training images).
@@ -102,6 +119,10 @@ class Racing(Strategy):
             size of a class difference (:func:`fit_timestep_profile`); None for raw errors.
         timestep_snr: per bin the signal one draw carries, the scoring priority; None for the spread order.
         num_timesteps: the diffusion's ``T``, which the bins divide.
+        variance: ``pair`` (each rival's own paired variance) or ``pooled`` (the image's median over its
+            remaining rivals), as above.
+        trial_cap: most draws any class gets, below the grid ``max_trials`` (None: ``max_trials``); the
+            grid, and so every draw's ``(t, eps)``, stays that of ``max_trials``.
     """
 
     def __init__(
@@ -113,6 +134,8 @@ class Racing(Strategy):
         timestep_scale: list[float] | None = None,
         timestep_snr: list[float] | None = None,
         num_timesteps: int = 1000,
+        variance: Literal["pair", "pooled"] = "pair",
+        trial_cap: int | None = None,
     ) -> None:
         if not threshold > 0:
             raise ValueError(f"Racing threshold must be > 0 (standard errors), got {threshold}")
@@ -128,6 +151,13 @@ class Racing(Strategy):
             raise ValueError("Racing timestep_snr must have one number per timestep bin (or be null)")
         if num_timesteps < 1:
             raise ValueError(f"Racing num_timesteps must be >= 1, got {num_timesteps}")
+        if variance not in VARIANCES:
+            raise ValueError(f"Racing variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
+        if trial_cap is not None and not min_trials <= trial_cap <= max_trials:
+            raise ValueError(
+                f"Racing trial_cap must lie in [min_trials={min_trials}, max_trials={max_trials}] (or be null), "
+                f"got {trial_cap}"
+            )
         self.threshold = float(threshold)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)
@@ -135,6 +165,8 @@ class Racing(Strategy):
         self.timestep_scale = None if timestep_scale is None else [float(s) for s in timestep_scale]
         self.timestep_snr = None if timestep_snr is None else [float(s) for s in timestep_snr]
         self.num_timesteps = int(num_timesteps)
+        self.variance = variance
+        self.trial_cap = None if trial_cap is None else int(trial_cap)
 
     @property
     def max_draws(self) -> int:
@@ -163,7 +195,7 @@ class Racing(Strategy):
         candidates: Tensor | None = None,
         images: Tensor | None = None,
     ) -> Classification:
-        """Rounds until every image is down to one class or at ``max_trials``; ``stage`` = rounds survived."""
+        """Rounds until every image is down to one class or at ``trial_cap``; ``stage`` = rounds survived."""
         self._check_scorer(scorer)
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
@@ -175,8 +207,9 @@ class Racing(Strategy):
         finished = remaining.sum(dim=1) <= 1
         stage = torch.zeros(B, M, device=device)
         n, rounds = 0, 0
-        while n < self.max_trials:
-            stop = min(max(n + self.round_size, self.min_trials), self.max_trials)
+        cap = self.max_trials if self.trial_cap is None else self.trial_cap
+        while n < cap:
+            stop = min(max(n + self.round_size, self.min_trials), cap)
             active = remaining & ~finished.unsqueeze(1)
             spent = sum(scorer.score(table, x, index, a, b, active) for a, b in _runs(order[n:stop]))
             if spent == 0:  # every image is done
@@ -202,5 +235,8 @@ class Racing(Strategy):
         mean = d.mean(dim=-1)
         lead = mean.masked_fill(~active, math.inf).argmin(dim=1)
         diff = d - d.gather(1, lead.view(-1, 1, 1).expand(-1, 1, n))
-        stat = diff.mean(dim=-1) / torch.sqrt(diff.var(dim=-1, correction=1) / n)
+        var = diff.var(dim=-1, correction=1)
+        if self.variance == "pooled":
+            var = pooled_rival_variance(var, active.scatter(1, lead.view(-1, 1), False))
+        stat = diff.mean(dim=-1) / torch.sqrt(var / n)
         return active & (stat > self.threshold)  # NaN (the leader itself, identical draws) never drops

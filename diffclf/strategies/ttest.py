@@ -11,7 +11,7 @@ from scipy import stats
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import Classification, Strategy, from_table
+from diffclf.strategies.base import VARIANCES, Classification, Strategy, from_table, pooled_rival_variance
 
 _CHUNK_ELEMENTS = 1 << 24
 ALTERNATIVES = ("one-sided", "two-sided")
@@ -59,12 +59,21 @@ class PairedTTest(Strategy):
     ``t > t.isf(alpha)`` (3.127 for 30 draws at 0.002), so it prunes sooner; it is what diffclf did before
     the option existed (the recorded ``benchmarks/results/strategies_*`` and ``bench_cpu_*`` t-test runs).
 
+    ``variance="pooled"`` replaces each pair's own variance by the image's (lower) median over its remaining
+    rivals of the best (:func:`~diffclf.strategies.base.pooled_rival_variance`; why, in
+    :class:`~diffclf.strategies.Racing`), still tested against the ``n - 1`` degrees-of-freedom critical
+    value: high while few draws are in, so early drops stay safe, and near 2 once many are. ``trial_cap``
+    stops every image at that many draws (the lowest mean then decides) while the grid, and so every
+    draw, stays that of ``max_trials``.
+
     Args:
         alpha: significance level of each test.
         min_trials: draws before the first test (>= 2).
-        max_trials: most draws any class gets.
+        max_trials: most draws any class gets (the grid size).
         round_size: draws added per round.
         alternative: ``two-sided`` or ``one-sided`` p-values, as above.
+        variance: ``pair`` (each class's own paired variance, the standard test) or ``pooled``.
+        trial_cap: most draws any class gets, below the grid (None: ``max_trials``).
     """
 
     def __init__(
@@ -74,6 +83,8 @@ class PairedTTest(Strategy):
         max_trials: int = 2000,
         round_size: int = 10,
         alternative: Literal["one-sided", "two-sided"] = "two-sided",
+        variance: Literal["pair", "pooled"] = "pair",
+        trial_cap: int | None = None,
     ) -> None:
         if not 0.0 < alpha < 0.5:
             raise ValueError(f"PairedTTest alpha must be in (0, 0.5), got {alpha}")
@@ -89,11 +100,20 @@ class PairedTTest(Strategy):
             raise ValueError(
                 f"PairedTTest alternative must be one of {', '.join(ALTERNATIVES)}; got {alternative!r}"
             )
+        if variance not in VARIANCES:
+            raise ValueError(f"PairedTTest variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
+        if trial_cap is not None and not min_trials <= trial_cap <= max_trials:
+            raise ValueError(
+                f"PairedTTest trial_cap must lie in [min_trials={min_trials}, max_trials={max_trials}] (or be "
+                f"null), got {trial_cap}"
+            )
         self.alpha = float(alpha)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)
         self.round_size = int(round_size)
         self.alternative = alternative
+        self.variance = variance
+        self.trial_cap = None if trial_cap is None else int(trial_cap)
 
     @property
     def max_draws(self) -> int:
@@ -108,11 +128,20 @@ class PairedTTest(Strategy):
         crit = critical_t(self.alpha, n, self.alternative)
         B, M = remaining.shape
         step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
-        drop = torch.zeros_like(remaining)
+        if self.variance == "pair":
+            drop = torch.zeros_like(remaining)
+            for m0 in range(0, M, step):
+                t = paired_t_statistic(errs[:, m0 : m0 + step], b_err)
+                drop[:, m0 : m0 + step] = t > crit
+            return drop & remaining
+        mean = torch.empty(B, M, dtype=torch.float64, device=errors.device)
+        var = torch.empty_like(mean)
         for m0 in range(0, M, step):
-            t = paired_t_statistic(errs[:, m0 : m0 + step], b_err)
-            drop[:, m0 : m0 + step] = t > crit
-        return drop & remaining
+            d = errs[:, m0 : m0 + step].double() - b_err.double()
+            mean[:, m0 : m0 + step] = d.mean(dim=-1)
+            var[:, m0 : m0 + step] = d.var(dim=-1, correction=1)
+        var = pooled_rival_variance(var, remaining.scatter(1, best.view(-1, 1), False))
+        return remaining & (mean / torch.sqrt(var / n) > crit)
 
     def classify(
         self,
@@ -122,7 +151,7 @@ class PairedTTest(Strategy):
         candidates: Tensor | None = None,
         images: Tensor | None = None,
     ) -> Classification:
-        """Rounds until every image is down to one class or at ``max_trials``; ``stage`` = rounds survived."""
+        """Rounds until every image is down to one class or at ``trial_cap``; ``stage`` = rounds survived."""
         self._check_scorer(scorer)
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
@@ -130,8 +159,9 @@ class PairedTTest(Strategy):
         finished = remaining.sum(dim=1) <= 1
         stage = torch.zeros(B, M, device=x.device)
         n, rounds = 0, 0
-        while n < self.max_trials:
-            stop = min(n + self.round_size, self.max_trials)
+        cap = self.max_trials if self.trial_cap is None else self.trial_cap
+        while n < cap:
+            stop = min(n + self.round_size, cap)
             active = remaining & ~finished.unsqueeze(1)
             if scorer.score(table, x, index, n, stop, active) == 0:  # its one host sync: all images done
                 break
