@@ -136,6 +136,17 @@ def pooled_rival_variance(var: Tensor, rivals: Tensor) -> Tensor:
     return pooled.unsqueeze(1).expand_as(var)
 
 
+def check_pooling(owner: str, variance: str, trial_cap: int | None, min_trials: int, max_trials: int) -> None:
+    """One line naming ``owner``'s bad ``variance`` or ``trial_cap`` (the options shared by the sequential tests)."""
+    if variance not in VARIANCES:
+        raise ValueError(f"{owner} variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
+    if trial_cap is not None and not min_trials <= trial_cap <= max_trials:
+        raise ValueError(
+            f"{owner} trial_cap must lie in [min_trials={min_trials}, max_trials={max_trials}] (or be null), "
+            f"got {trial_cap}"
+        )
+
+
 class Strategy(ABC):
     """How to spend denoiser evaluations to classify a batch.
 

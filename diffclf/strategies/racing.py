@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import VARIANCES, Classification, Strategy, from_table, pooled_rival_variance
+from diffclf.strategies.base import Classification, Strategy, check_pooling, from_table, pooled_rival_variance
 
 
 def _bins(timesteps: Tensor, num_bins: int, num_timesteps: int) -> Tensor:
@@ -151,13 +151,7 @@ class Racing(Strategy):
             raise ValueError("Racing timestep_snr must have one number per timestep bin (or be null)")
         if num_timesteps < 1:
             raise ValueError(f"Racing num_timesteps must be >= 1, got {num_timesteps}")
-        if variance not in VARIANCES:
-            raise ValueError(f"Racing variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
-        if trial_cap is not None and not min_trials <= trial_cap <= max_trials:
-            raise ValueError(
-                f"Racing trial_cap must lie in [min_trials={min_trials}, max_trials={max_trials}] (or be null), "
-                f"got {trial_cap}"
-            )
+        check_pooling("Racing", variance, trial_cap, min_trials, max_trials)
         self.threshold = float(threshold)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)

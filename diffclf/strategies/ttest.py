@@ -11,7 +11,7 @@ from scipy import stats
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import VARIANCES, Classification, Strategy, from_table, pooled_rival_variance
+from diffclf.strategies.base import Classification, Strategy, check_pooling, from_table, pooled_rival_variance
 
 _CHUNK_ELEMENTS = 1 << 24
 ALTERNATIVES = ("one-sided", "two-sided")
@@ -100,13 +100,7 @@ class PairedTTest(Strategy):
             raise ValueError(
                 f"PairedTTest alternative must be one of {', '.join(ALTERNATIVES)}; got {alternative!r}"
             )
-        if variance not in VARIANCES:
-            raise ValueError(f"PairedTTest variance must be one of {', '.join(VARIANCES)}; got {variance!r}")
-        if trial_cap is not None and not min_trials <= trial_cap <= max_trials:
-            raise ValueError(
-                f"PairedTTest trial_cap must lie in [min_trials={min_trials}, max_trials={max_trials}] (or be "
-                f"null), got {trial_cap}"
-            )
+        check_pooling("PairedTTest", variance, trial_cap, min_trials, max_trials)
         self.alpha = float(alpha)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)
