@@ -229,8 +229,8 @@ def choose(rows: list[dict], max_drop_points: float, min_agreement: float) -> di
     ]
     if not ok:
         raise SystemExit(
-            f"error: no racing or pooled t-test setting is within {max_drop_points} points and {100 * min_agreement}% agreement "
-            "on the training images; widen the grid"
+            f"error: no racing or pooled t-test setting is within {max_drop_points} points and "
+            f"{100 * min_agreement}% agreement on the training images; widen the grid"
         )
     return min(ok, key=lambda r: (r["forwards_per_image"], -r["accuracy"]))
 
@@ -300,8 +300,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "test_table": {"path": args.test, **test["meta"]},
         "exhaustive_seconds_per_image": exh_s,
         "fit_rule": (
-            f"cheapest racing or pooled t-test setting within {args.max_drop_points} points of exhaustive-{draws} and "
-            f">= {100 * args.min_agreement}% agreement with it on the training images"
+            f"cheapest racing or pooled t-test setting within {args.max_drop_points} points of "
+            f"exhaustive-{draws} and >= {100 * args.min_agreement}% agreement with it on the training images"
         ),
     }
     result = {
