@@ -329,8 +329,10 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
 def preset_yaml(strategy: Strategy, meta: dict) -> str:
     """The chosen strategy as a ``--model.init_args.strategy`` preset file: its class and every public argument."""
     lines = [
-        f"# {type(strategy).__name__} fitted by benchmarks/error_control.py on {meta['train_table']['split']} images "
-        f"of {meta['data']}",
+        (
+            f"# {type(strategy).__name__} fitted by benchmarks/error_control.py on "
+            f"{meta['train_table']['split']} images of {meta['data']}"
+        ),
         f"# ({meta['ckpt_path']}, {meta['date'][:10]}): {meta['fit_rule']}.",
         f"class_path: diffclf.strategies.{type(strategy).__name__}",
         "init_args:",
