@@ -122,19 +122,14 @@ class PairedTTest(Strategy):
         crit = critical_t(self.alpha, n, self.alternative)
         B, M = remaining.shape
         step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
-        if self.variance == "pair":
-            drop = torch.zeros_like(remaining)
-            for m0 in range(0, M, step):
-                t = paired_t_statistic(errs[:, m0 : m0 + step], b_err)
-                drop[:, m0 : m0 + step] = t > crit
-            return drop & remaining
         mean = torch.empty(B, M, dtype=torch.float64, device=errors.device)
         var = torch.empty_like(mean)
-        for m0 in range(0, M, step):
+        for m0 in range(0, M, step):  # paired_t_statistic's two moments, chunked over classes
             d = errs[:, m0 : m0 + step].double() - b_err.double()
             mean[:, m0 : m0 + step] = d.mean(dim=-1)
             var[:, m0 : m0 + step] = d.var(dim=-1, correction=1)
-        var = pooled_rival_variance(var, remaining.scatter(1, best.view(-1, 1), False))
+        if self.variance == "pooled":
+            var = pooled_rival_variance(var, remaining.scatter(1, best.view(-1, 1), False))
         return remaining & (mean / torch.sqrt(var / n) > crit)
 
     def classify(
