@@ -5,7 +5,8 @@ writes ``<results>/summary.md``, ``summary.json`` and ``figure.png``: every bind
 interval and binomial test, the Winoground-style text / image / group scores per tag, and the cue-conflict
 shape bias, side by side per model. It recomputes nothing the records hold; it adds only the Winoground
 diagnostics that explain a low image score (how often both captions prefer the same image, and both images
-the same caption), computed from the records' raw score matrices.
+the same caption), computed from the records' raw score matrices, and, where a denoising model's record has it,
+the scores with each image's unconditional error subtracted (``summary_normalised``).
 
     python benchmarks/compositional_report.py --results benchmarks/results/compositional \
         --models scenes_text_dit scenes_contrastive --command "bash benchmarks/compositional_small.sh"
@@ -71,6 +72,7 @@ def summarise(records: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             "binding": {k: {f: v[f] for f in ("correct", "total", "accuracy", "low", "high", "p_value", "significant")}
                         for k, v in rec["binding"]["tasks"].items()},
             "winoground": wino["summary"],
+            "winoground_normalised": wino.get("summary_normalised"),  # denoising models since the DiffusionITM rows
             "winoground_diagnostics": winoground_diagnostics(wino["scores"]),
             "cue_conflict": {k: cue[k] for k in ("n", "shape_correct", "texture_correct", "shape_accuracy",
                                                  "texture_accuracy", "shape_bias", "bias_low", "bias_high", "p_value")},
@@ -100,6 +102,9 @@ def markdown(summary: dict[str, Any], command: str, prov: dict[str, Any]) -> str
     for tag in summary[models[0]]["winoground"]:
         lines.append("| " + " | ".join([tag] + [" / ".join(f"{100 * summary[m]['winoground'][tag][k]['accuracy']:.1f}"
                                                           for k in ("text", "image", "group")) for m in models]) + " |")
+    lines.append("| all, minus the unconditional error (DiffusionITM) | " + " | ".join(
+        " / ".join(f"{100 * summary[m]['winoground_normalised']['all'][k]['accuracy']:.1f}" for k in ("text", "image", "group"))
+        if summary[m]["winoground_normalised"] else "—" for m in models) + " |")
     lines.append("| both captions prefer the same image | " + " | ".join(
         f"{100 * summary[m]['winoground_diagnostics']['both_captions_same_image']:.1f}%" for m in models) + " |")
     lines.append("| both images prefer the same caption | " + " | ".join(

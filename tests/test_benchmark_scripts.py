@@ -409,7 +409,7 @@ def test_cost_model_counts_forwards_and_gpu_hours_by_hand(tmp_path: Path) -> Non
         cost.main(["--bench_json", str(tmp_path / "small.json"), "--out", str(tmp_path / "x")])
 
 
-def _compositional_records(root: Path, model: str, binding_k: int, scores: list) -> None:
+def _compositional_records(root: Path, model: str, binding_k: int, scores: list, null: list | None = None) -> None:
     from diffclf.metrics.compositional import Rate, binding_summary, shape_bias, winoground_summary
 
     folder = root / model
@@ -422,7 +422,11 @@ def _compositional_records(root: Path, model: str, binding_k: int, scores: list)
     s = torch.tensor(scores)
     summary = winoground_summary(s, ["Object", "Relation"] * (len(scores) // 2))
     wino = {g: {k: r.as_dict() for k, r in rates.items()} for g, rates in summary.items()}
-    (folder / "winoground.json").write_text(json.dumps({**prov, "summary": wino, "scores": scores}))
+    record = {**prov, "summary": wino, "scores": scores}
+    if null is not None:
+        normalised = winoground_summary(s - torch.tensor(null).unsqueeze(-1), ["Object", "Relation"] * (len(scores) // 2))
+        record["summary_normalised"] = {g: {k: r.as_dict() for k, r in rates.items()} for g, rates in normalised.items()}
+    (folder / "winoground.json").write_text(json.dumps(record))
     bias = shape_bias(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 0, 0, 1]), torch.tensor([1, 2, 1, 2]))
     (folder / "cue_conflict.json").write_text(json.dumps({**prov, "n": 4, **bias.as_dict()}))
     assert Rate.of(correct).correct == binding_k
@@ -435,7 +439,8 @@ def test_compositional_report_tabulates_every_record_and_the_winoground_diagnost
     not 50%)."""
     report = _script("compositional_report")
     same = [[[-1.0, -2.0], [-4.0, -3.0]], [[-1.0, -2.0], [-2.0, -1.0]]]  # s[i][image][caption]
-    _compositional_records(tmp_path, "a", 17, same)
+    # Model a's image 0 is easier under every caption (null -1.5 vs -3.5); minus that, pair 0 becomes a group win.
+    _compositional_records(tmp_path, "a", 17, same, null=[[-1.5, -3.5], [-1.5, -1.5]])
     _compositional_records(tmp_path, "b", 10, [same[1], same[1]])
     summary = report.main(["--results", str(tmp_path), "--models", "a", "b", "--command", "test", "--no_figure"])
     assert summary["a"]["winoground_diagnostics"] == {"both_captions_same_image": 0.5, "both_images_same_caption": 0.0}
@@ -446,6 +451,7 @@ def test_compositional_report_tabulates_every_record_and_the_winoground_diagnost
     assert "| Shape | 85.0 [62.1, 96.8] * | 50.0 [27.2, 72.8] |" in text
     assert "| Shape\\|Color | 15.0 [3.2, 37.9] * (below chance) |" in text
     assert "| all | 100.0 / 50.0 / 50.0 | 100.0 / 100.0 / 100.0 |" in text
+    assert "| all, minus the unconditional error (DiffusionITM) | 100.0 / 100.0 / 100.0 | — |" in text
     assert json.loads((tmp_path / "summary.json").read_text())["command"] == "test"
     with pytest.raises(SystemExit, match="c/binding.json"):
         report.main(["--results", str(tmp_path), "--models", "a", "c", "--no_figure"])

@@ -68,6 +68,42 @@ def test_winoground_scores_are_the_models_matches_of_each_image_with_each_captio
             torch.testing.assert_close(float(s[0, 0]), record["scores"][4][i][j], rtol=1e-5, atol=1e-6)
 
 
+def test_winoground_image_scores_subtract_each_images_unconditional_error(scenes: Path, sd_dir: Path, clip_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """A denoising model's record adds ``null_scores`` (each image under the empty prompt, on its example's draws,
+    recomputed here one image at a time) and ``summary_normalised``, which is Thrush et al.'s three scores on
+    ``s - s_null``, written out here; the text score equals the raw one. CLIP, whose cosines need no such
+    correction, gets none. Mutation tried: subtracting the other image's null error fails."""
+    from diffclf.data.winoground import WinogroundDataset
+
+    model = ["--model", "diffclf.tasks.TextDiffusionClassifier", "--model.init_args.pretrained", str(sd_dir)]
+    record = run("winoground", scenes / "winoground", model, tmp_path, "--draws", "4", "--limit", "6")
+    task = TextDiffusionClassifier(pretrained=str(sd_dir))
+    data = WinogroundDataset(scenes / "winoground", image_size=32)
+    assert record["null_caption"] == ""
+    s = torch.tensor(record["scores"], dtype=torch.float64)
+    null = torch.tensor(record["null_scores"], dtype=torch.float64)
+    for n in (1, 4):
+        for i in range(2):
+            want = task.match(data[n].images[i:i + 1], [[""]], torch.tensor([n]), draws=4)
+            torch.testing.assert_close(float(want[0, 0]), float(null[n, i]), rtol=1e-5, atol=1e-6)
+    counts = {"text": 0, "image": 0, "group": 0}
+    for n in range(6):
+        d = [[float(s[n, i, j] - null[n, i]) for j in range(2)] for i in range(2)]
+        text = d[0][0] > d[0][1] and d[1][1] > d[1][0]
+        image = d[0][0] > d[1][0] and d[1][1] > d[0][1]
+        counts["text"] += text
+        counts["image"] += image
+        counts["group"] += text and image
+    got = {k: record["summary_normalised"]["all"][k]["correct"] for k in counts}
+    assert got == counts
+    assert got["text"] == record["summary"]["all"]["text"]["correct"]
+    clip = run("winoground", scenes / "winoground", ["--model", "diffclf.tasks.ClipClassifier",
+                                                     "--model.init_args.pretrained", str(clip_dir)],
+               tmp_path / "clip", "--limit", "6")
+    assert "summary_normalised" not in clip and "null_scores" not in clip
+
+
 def test_binding_tasks_are_scored_positive_against_negative_with_a_binomial_test(scenes: Path, clip_dir: Path,
                                                                                  tmp_path: Path) -> None:
     model = ["--model", "diffclf.tasks.ClipClassifier", "--model.init_args.pretrained", str(clip_dir)]

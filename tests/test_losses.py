@@ -10,6 +10,7 @@ from torch.distributions import Normal, kl_divergence
 from diffclf.diffusion.losses import (
     diffusion_loss,
     discretized_gaussian_log_likelihood,
+    loss_weights,
     normal_kl,
     sample_timesteps,
     training_draws,
@@ -178,3 +179,21 @@ def test_training_draws_depend_on_the_key_alone_and_each_stream_stands_alone() -
         d = training_draws(other, (512, 1, 4, 4), 1000, 0.1, "cpu")
         assert (d.t != a.t).float().mean() > 0.9 and not torch.equal(d.noise, a.noise)
         assert not torch.equal(d.drop, a.drop)
+
+
+def test_velocity_weighting_is_the_v_prediction_loss() -> None:
+    """``loss_weights(..., "velocity") * mse`` equals ``||v - v_hat||^2`` written out from the v target
+    ``sqrt(abar) eps - sqrt(1 - abar) x0`` and the x0 an eps prediction implies, with abar from numpy
+    (tried: ``1 / sqrt(abar)`` fails by orders of magnitude at high t; ``1 / SNR`` fails at t = 1)."""
+    x0, x_t, t, noise = _batch(t=[1, 10, 500, 999])
+    eps_hat = noise + 0.1 * torch.randn(noise.shape, generator=torch.Generator().manual_seed(1), dtype=noise.dtype)
+    mse = diffusion_loss(eps_hat, x0, x_t, t, noise, SCHEDULE, learn_sigma=False)["mse"]
+    abar = torch.tensor(np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1000))[t.numpy()]).view(-1, 1, 1, 1)
+    x0_hat = (x_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
+    v_err = ((abar.sqrt() * noise - (1 - abar).sqrt() * x0) - (abar.sqrt() * eps_hat - (1 - abar).sqrt() * x0_hat))
+    want = v_err.pow(2).mean(dim=(1, 2, 3))
+    got = loss_weights(t, SCHEDULE, "velocity").double() * mse
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
+    assert torch.equal(loss_weights(t, SCHEDULE, "eps"), torch.ones(4))
+    with pytest.raises(ValueError, match="velocity"):
+        loss_weights(t, SCHEDULE, "x0")

@@ -301,6 +301,42 @@ def test_training_drops_captions_with_the_steps_seeded_draws(toy: ToySquares, tm
     assert 0 < sum(int(d.sum()) for _, d in seen) < 96
 
 
+def test_velocity_loss_weighs_each_images_eps_error_by_its_inverse_abar(toy: ToySquares, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``loss_weighting="velocity"`` trains on ``mean(mse_i / abar_{t_i})`` of the step's own draws, written out
+    here from the denoiser's output and the schedule's float64 ``abar``; ``eps`` keeps the plain mean. Mutation
+    tried: weighting the batch-mean mse by the mean of ``1 / abar`` (not per image) fails; and an unknown
+    weighting is refused in one line."""
+    logged = {}
+    for weighting in ("eps", "velocity"):
+        module = TextDiTClassifier(model="TextDiT-T/4", input_size=SIDE, max_tokens=8, vocabulary=VOCABULARY,
+                                   model_kwargs=SMALL_DIT, lr=0.0, caption_dropout_prob=0.0, seed=4,
+                                   loss_weighting=weighting)
+        original = type(module.dit).forward
+        outs: list[torch.Tensor] = []
+
+        def spy(self: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, tokens: torch.Tensor,
+                force_drop_ids: torch.Tensor | None = None, original=original, outs=outs) -> torch.Tensor:
+            out = original(self, x, t, tokens, force_drop_ids)
+            outs.append(out.detach().clone())
+            return out
+
+        monkeypatch.setattr(type(module.dit), "forward", spy)
+        trainer = _trainer(tmp_path, max_steps=1)
+        trainer.fit(module, datamodule=toy)
+        monkeypatch.undo()
+        images = next(iter(toy.train_dataloader()))[0]
+        draws = training_draws(training_key(4, 1, 0, 0, 0), images.shape, 1000, 0.0, "cpu")
+        mse = (outs[0].double() - draws.noise.double()).pow(2).mean(dim=(1, 2, 3))
+        abar = module.schedule.alphas_cumprod.double()[draws.t]
+        want = (mse / abar).mean() if weighting == "velocity" else mse.mean()
+        logged[weighting] = float(trainer.callback_metrics["train/loss"])
+        assert abs(logged[weighting] - float(want)) <= 1e-5 * float(want)
+    assert logged["velocity"] > 2 * logged["eps"]
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TextDiTClassifier(vocabulary=VOCABULARY, loss_weighting="x0")
+
+
 class ToySquaresWithTruth(ToySquares):
     """ToySquares with every training image's true captions (its colour with and without its size word), as
     ``ScenesDataModule.scene_captions`` gives them: what the hybrid objective needs to pick false negatives."""

@@ -44,7 +44,7 @@ from diffclf.metrics.compositional import (
 from diffclf.metrics.provenance import provenance
 from diffclf.models.prompts import read_templates
 from diffclf.tasks.base import ClassifierTask
-from diffclf.tasks.zero_shot import PromptedTask
+from diffclf.tasks.zero_shot import DenoisingPromptedTask, PromptedTask
 
 Evaluation = Literal["winoground", "binding", "cue_conflict"]
 
@@ -72,21 +72,42 @@ def _match(model: PromptedTask, draws: int | None) -> Callable[[Tensor, list[lis
 
 def run_winoground(model: PromptedTask, root: str, image_size: int, batch_size: int, limit: int | None,
                    level: float, match: Callable, device: torch.device) -> dict[str, Any]:
-    """The ``(N, 2, 2)`` scores ``s[n, i, j]`` of image ``i`` with caption ``j`` and their summary."""
+    """The ``(N, 2, 2)`` scores ``s[n, i, j]`` of image ``i`` with caption ``j`` and their summary.
+
+    A denoising model also scores each image with its unconditional caption on the same draws, and the record
+    adds the summary of ``s[n, i, j] - s_null[n, i]`` (``summary_normalised``). Why: an image's own denoising
+    difficulty is common to its captions, so it cancels in the text score but decides the image score (both
+    captions prefer the easier image); subtracting the unconditional error removes it, the unconditional
+    normalisation of Krojer et al. 2023 (DiffusionITM, "Are Diffusion Models Vision-and-Language Reasoners?").
+    The text score is the same under both.
+    """
     data = WinogroundDataset(root, image_size=image_size)
     n = len(data) if limit is None else min(limit, len(data))
+    null = model.null_caption if isinstance(model, DenoisingPromptedTask) else None
     scores = []
     for rows in _batches(n, batch_size):
         items = [data[i] for i in rows]
+        if null is not None and null in {c for item in items for c in item.captions}:
+            raise ValueError(f"{root}: an example's caption is the model's unconditional caption {null!r}")
         images = torch.cat([item.images for item in items]).to(device)  # image 0, image 1 of each example
-        captions = [list(item.captions) for item in items for _ in range(2)]
+        captions = [[*item.captions, *([] if null is None else [null])] for item in items for _ in range(2)]
         keys = torch.tensor([item.index for item in items for _ in range(2)])  # both images share the draws
-        scores.append(match(images, captions, keys).float().cpu().view(len(items), 2, 2))
+        scores.append(match(images, captions, keys).float().cpu().view(len(items), 2, len(captions[0])))
     s = torch.cat(scores)
     tags = data.collapsed_tags[:n]
-    summary = winoground_summary(s, tags, level)
-    return {"n": n, "summary": {g: {k: r.as_dict() for k, r in rates.items()} for g, rates in summary.items()},
-            "scores": s.tolist(), "collapsed_tags": tags}
+    out: dict[str, Any] = {"n": n}
+    if null is not None:
+        normalised = s[..., :2] - s[..., 2:]
+        out["null_caption"] = null
+        out["summary_normalised"] = _summary_dict(winoground_summary(normalised, tags, level))
+        out["null_scores"] = s[..., 2].tolist()
+        s = s[..., :2]
+    return {**out, "summary": _summary_dict(winoground_summary(s, tags, level)), "scores": s.tolist(),
+            "collapsed_tags": tags}
+
+
+def _summary_dict(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {g: {k: r.as_dict() for k, r in rates.items()} for g, rates in summary.items()}
 
 
 def _scene_images(root: Path, split: str) -> tuple[list[Any], np.ndarray]:
@@ -275,6 +296,10 @@ def format_record(record: dict[str, Any]) -> str:
         lines.append(f"{'group':10s} {'text':30s} {'image':30s} {'group score':30s}")
         for g, rates in record["summary"].items():
             lines.append(f"{g:10s} " + " ".join(f"{_rate(rates[k]):30s}" for k in ("text", "image", "group")))
+        if "summary_normalised" in record:
+            lines.append("scores minus the unconditional caption's (DiffusionITM; the text score is unchanged):")
+            for g, rates in record["summary_normalised"].items():
+                lines.append(f"{g:10s} " + " ".join(f"{_rate(rates[k]):30s}" for k in ("text", "image", "group")))
     elif record["evaluation"] == "binding":
         lines.append(f"{'task':22s} {'accuracy [CI]':32s} p (two-sided)  significant")
         for name, r in record["tasks"].items():

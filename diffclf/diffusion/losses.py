@@ -114,6 +114,27 @@ def diffusion_loss(
     return {"loss": mse.mean() + vb, "mse": mse, "vb": vb}
 
 
+LossWeighting = Literal["eps", "velocity"]
+LOSS_WEIGHTINGS: tuple[str, ...] = ("eps", "velocity")
+
+
+def loss_weights(t: Tensor, schedule: NoiseSchedule, weighting: LossWeighting) -> Tensor:
+    """Per-example factor on the eps-MSE of timesteps ``t``: ``eps`` (DDPM's simple loss, ones) or
+    ``velocity``, ``1 / abar_t``, which turns it into the v-prediction loss ``||v - v_hat||^2`` (Salimans &
+    Ho 2022, "Progressive Distillation", sec. 4: ``v - v_hat = (eps - eps_hat) / sqrt(abar)``).
+
+    Why: the eps error of a nearly clean image hardly depends on the conditioning, and it is 100x the
+    error of a noisy one, so the simple loss spends its gradient where a caption cannot help; the v loss
+    equals the x0 error at high noise, where the caption decides what to draw. Scoring with the matching
+    ``ScoringOptions(weighting="velocity")`` keeps classification on the objective the model trained on.
+    """
+    if weighting == "eps":
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    if weighting == "velocity":
+        return (1.0 / schedule.alphas_cumprod.to(t.device)[t.long()]).float()
+    raise ValueError(f"loss weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {weighting!r}")
+
+
 TimestepDensity = Literal["uniform", "logit_normal"]
 
 

@@ -24,7 +24,14 @@ import torch
 from torch import Tensor
 
 from diffclf.diffusion.hybrid import caption_candidates, elbo_cross_entropy
-from diffclf.diffusion.losses import diffusion_loss, training_draws, training_generator
+from diffclf.diffusion.losses import (
+    LOSS_WEIGHTINGS,
+    LossWeighting,
+    diffusion_loss,
+    loss_weights,
+    training_draws,
+    training_generator,
+)
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Denoiser, Scorer, ScoringOptions
 from diffclf.models.clip import ensemble_prompts
@@ -185,6 +192,9 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             it (``diffclf.diffusion.hybrid.caption_candidates``; the data's ``scene_captions`` say which are
             true), on the image's own ``(t, eps)``. Small objects on a plain background make the caption a tiny
             part of the eps loss, and eps training alone left the conditioning unlearned at this budget.
+        loss_weighting: ``eps`` (DDPM's simple loss) or ``velocity`` (the v-prediction loss, eps-MSE / abar_t;
+            ``diffclf.diffusion.losses.loss_weights``): it weighs the noisy timesteps, where only the caption
+            says what to draw; score such a model with ``scoring.weighting: velocity``.
         templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
             templates nor a prompt file the prompts are the class names as they are (the shipped presets say
             "a photo of a ...", words a model trained on scenes never saw).
@@ -217,6 +227,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         hybrid_images: int = 16,
         hybrid_captions: int = 8,
         hybrid_temperature: float = 1.0,
+        loss_weighting: LossWeighting = "eps",
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_steps: int = 0,
@@ -250,6 +261,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
         check_hybrid(hybrid_weight, hybrid_images, None, hybrid_temperature, cond_lr_mult)
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"model.loss_weighting must be one of {', '.join(LOSS_WEIGHTINGS)}; got {loss_weighting!r}")
         if hybrid_captions < 2:
             raise ValueError(f"model.hybrid_captions must be >= 2 (the own caption and one other), got {hybrid_captions}")
         if combine not in ("error", "best"):
@@ -302,6 +315,9 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         out = self.dit(x_t, t, self.tokens_of(caption_ids), force_drop_ids=drop)  # drop: caption -> empty caption
         losses = diffusion_loss(out, images, x_t, t, noise, self.schedule, self.hparams.learn_sigma)
         loss = losses["loss"]
+        if self.hparams.loss_weighting != "eps":
+            weights = loss_weights(t, self.schedule, self.hparams.loss_weighting)
+            loss = (weights * losses["mse"]).mean() + losses["vb"]
         if self.hparams.hybrid_weight > 0:
             loss = loss + self.hparams.hybrid_weight * self._hybrid_loss(key, x_t, t, noise, caption_ids, index)
         if not torch.isfinite(loss):

@@ -11,7 +11,7 @@ their probabilities) applies unchanged. ImageNet-A is then a 200-way problem ove
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -106,6 +106,10 @@ class DenoisingPromptedTask(PromptedTask):
     Subclasses save ``combine``, ``seed`` and set ``self.scoring`` and ``self.strategy``, and implement
     :meth:`caption_denoiser` and :meth:`model_inputs`; ``self.match_schedule`` is their noise schedule.
     """
+
+    #: The caption of the unconditional denoiser, the one classifier-free guidance trains and samples with: SD's
+    #: empty prompt, a text DiT's ``<bos>`` alone. Image retrieval subtracts its error (``compositional``).
+    null_caption: ClassVar[str] = ""
 
     def rows_per_class(self) -> list[int]:
         if self.hparams.combine == "best":
