@@ -104,6 +104,24 @@ def test_winoground_image_scores_subtract_each_images_unconditional_error(scenes
     assert "summary_normalised" not in clip and "null_scores" not in clip
 
 
+def test_precision_overrides_a_denoising_models_own_and_is_recorded(scenes: Path, sd_dir: Path, clip_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    """``--precision`` replaces the model's scoring precision for the run (the record says which ran, and its
+    scores are the fp32 ones of a model built with ``scoring.precision`` 32); CLIP has no such option: one line.
+    Mutation tried: ignoring the flag leaves the record at the model's bf16."""
+    model = ["--model", "diffclf.tasks.TextDiffusionClassifier", "--model.init_args.pretrained", str(sd_dir),
+             "--model.init_args.scoring", '{"precision": "bf16"}']
+    record = run("winoground", scenes / "winoground", model, tmp_path, "--draws", "4", "--limit", "2",
+                 "--precision", "32")
+    assert record["scoring"]["precision"] == "32" and record["hparams"]["scoring"]["precision"] == "32"
+    fp32 = run("winoground", scenes / "winoground", model[:4], tmp_path / "fp32", "--draws", "4", "--limit", "2")
+    assert record["scores"] == fp32["scores"]
+    with pytest.raises(ValueError, match="--precision: ClipClassifier does not score by denoising"):
+        run("winoground", scenes / "winoground", ["--model", "diffclf.tasks.ClipClassifier",
+                                                  "--model.init_args.pretrained", str(clip_dir)],
+            tmp_path / "clip", "--limit", "2", "--precision", "32")
+
+
 def test_binding_tasks_are_scored_positive_against_negative_with_a_binomial_test(scenes: Path, clip_dir: Path,
                                                                                  tmp_path: Path) -> None:
     model = ["--model", "diffclf.tasks.ClipClassifier", "--model.init_args.pretrained", str(clip_dir)]

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from diffclf.data.label_spaces import LabelSpace, group_index, label_space_scores
+from diffclf.diffusion.scoring import ScoringOptions
 from diffclf.metrics.calibration import Calibration, read_calibration, write_reliability_diagram
 from diffclf.metrics.classification import ClassificationMetrics
 from diffclf.metrics.predictions import file_fingerprint
@@ -110,6 +111,18 @@ class ClassifierTask(LightningModule):
     def classify(self, images: Tensor, index: Tensor) -> Scored:
         """Classify a batch over ``self.label_space``; ``index`` holds the images' dataset indices."""
         raise NotImplementedError
+
+    def set_scoring(self, **changes: Any) -> ScoringOptions:
+        """Change a denoising task's scoring options between runs (analyses that compare them on one model, an
+        evaluation that overrides a checkpoint's precision); the scorer is rebuilt on next use. Returns the new
+        options; a task that does not score by denoising has none to change (one clear error)."""
+        scoring = getattr(self, "scoring", None)
+        if not isinstance(scoring, ScoringOptions):
+            raise TypeError(f"{type(self).__name__} does not score by denoising: it has no scoring options to change")
+        self.scoring = replace(scoring, **changes)
+        self.hparams["scoring"] = asdict(self.scoring)
+        self._scorer = None
+        return self.scoring
 
     def result_context(self) -> dict[str, Any]:
         """Record fields of this run beside the metrics: ``model``, ``strategy``, ``seed``, ..."""

@@ -9,7 +9,7 @@ bookkeeping around the scores is the task base's (``diffclf.tasks.base``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -392,14 +392,6 @@ class DiffusionClassifier(ClassifierTask):
         if self.hparams.class_names is None and space is not None and space.num_classes == self.hparams.num_classes:
             self.hparams.class_names = list(space.names)
         self.inputs_are_latents = getattr(dm, "input_space", "pixels") == "latents"
-
-    def set_scoring(self, **changes: Any) -> ScoringOptions:
-        """Change scoring options between runs (analyses that compare them on one model); the scorer is
-        rebuilt on next use. Returns the new options."""
-        self.scoring = replace(self.scoring, **changes)
-        self.hparams["scoring"] = asdict(self.scoring)
-        self._scorer = None
-        return self.scoring
 
     def _denoise(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
         if not self.scoring.compile:
