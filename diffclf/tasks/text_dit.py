@@ -194,7 +194,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             part of the eps loss, and eps training alone left the conditioning unlearned at this budget.
         loss_weighting: ``eps`` (DDPM's simple loss) or ``velocity`` (the v-prediction loss, eps-MSE / abar_t;
             ``diffclf.diffusion.losses.loss_weights``): it weighs the noisy timesteps, where only the caption
-            says what to draw; score such a model with ``scoring.weighting: velocity``.
+            says what to draw; score such a model with ``scoring.weighting: velocity``. On the generated scenes it
+            did not make the caption steer more (``benchmarks/results/compositional/README.md``).
         templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
             templates nor a prompt file the prompts are the class names as they are (the shipped presets say
             "a photo of a ...", words a model trained on scenes never saw).
