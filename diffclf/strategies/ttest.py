@@ -17,15 +17,20 @@ _CHUNK_ELEMENTS = 1 << 24
 ALTERNATIVES = ("one-sided", "two-sided")
 
 
+def paired_moments(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and ``ddof=1`` variance of ``a - b`` over the last dimension, in float64."""
+    d = a.double() - b.double()
+    return d.mean(dim=-1), d.var(dim=-1, correction=1)
+
+
 def paired_t_statistic(a: Tensor, b: Tensor) -> Tensor:
     """Paired t statistic of ``a - b`` over the last dimension, as ``scipy.stats.ttest_rel`` computes it.
 
     ``t = mean(d) / sqrt(var(d, ddof=1) / n)`` in float64: ``+inf`` for a constant positive
     difference, NaN for identical draws (0/0; scipy's p-value is then NaN and nothing is dropped).
     """
-    d = a.double() - b.double()
-    n = d.shape[-1]
-    return d.mean(dim=-1) / torch.sqrt(d.var(dim=-1, correction=1) / n)
+    mean, var = paired_moments(a, b)
+    return mean / torch.sqrt(var / a.shape[-1])
 
 
 def critical_t(alpha: float, n: int, alternative: str = "two-sided") -> float:
@@ -124,10 +129,8 @@ class PairedTTest(Strategy):
         step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
         mean = torch.empty(B, M, dtype=torch.float64, device=errors.device)
         var = torch.empty_like(mean)
-        for m0 in range(0, M, step):  # paired_t_statistic's two moments, chunked over classes
-            d = errs[:, m0 : m0 + step].double() - b_err.double()
-            mean[:, m0 : m0 + step] = d.mean(dim=-1)
-            var[:, m0 : m0 + step] = d.var(dim=-1, correction=1)
+        for m0 in range(0, M, step):  # chunked over classes to bound the float64 differences' memory
+            mean[:, m0 : m0 + step], var[:, m0 : m0 + step] = paired_moments(errs[:, m0 : m0 + step], b_err)
         if self.variance == "pooled":
             var = pooled_rival_variance(var, remaining.scatter(1, best.view(-1, 1), False))
         return remaining & (mean / torch.sqrt(var / n) > crit)
