@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from scipy.stats import norm
 
 from diffclf.cli.allocator import keep_freed_memory
 from diffclf.metrics.provenance import command_line, git, machine, utc_now
@@ -113,6 +114,10 @@ ROUND_SIZES = (1, 2)
 POOLED_THRESHOLDS = (1.5, 2.0, 2.5, 3.0, 4.0)
 POOLED_ALPHAS = (0.02, 0.05, 0.1, 0.2)
 TRIAL_CAPS = (None, 100, 50, 30)
+STRATIFIED_THRESHOLDS = (2.0, 2.5, 3.0, 4.0)
+STRATIFIED_ALPHAS = (0.1, 0.05, 0.02, 0.01, 0.002)
+# timestep bins whose decisive class differences are at least this share of the largest bin's are scored first
+TIER_SHARE = 0.1
 # rows of the error-controlled family, among which the fit rule chooses (the rest are the peers it must beat)
 CANDIDATES = ("racing", "ttest pooled")
 
@@ -152,6 +157,47 @@ def racing_grid(scale: list[float], snr: list[float], draws: int) -> list[tuple[
                         Racing(threshold=thr, min_trials=n0, max_trials=draws, variance="pooled", trial_cap=cap),
                     )
                 )
+    return out
+
+
+def timestep_tiers(scale: list[float], share: float = TIER_SHARE) -> list[float]:
+    """A two-tier scoring priority: 1 for bins whose decisive differences (their fitted ``scale``) are at least
+    ``share`` of the largest, 0 for the rest. The raw mean error is a sum over timesteps, and bins whose class
+    differences are a tenth of the largest hardly move it, so they are scored last; within a tier draws stay in
+    the spread order, so every prefix is still spread over the bins that matter."""
+    top = max(scale)
+    return [1.0 if s >= share * top else 0.0 for s in scale]
+
+
+def stratified_grid(scale: list[float], draws: int) -> list[tuple[str, Strategy]]:
+    """Pooled racing with the stratified (successive-difference) standard error and the two-tier order, with the
+    z rule (min 2-4 draws, with and without a cap of 100) and the t rule (the pooled t-test's thresholds at alpha);
+    and each lever alone under the t rule."""
+    tiers = timestep_tiers(scale)
+    out: list[tuple[str, Strategy]] = []
+    for thr in STRATIFIED_THRESHOLDS:
+        for n0 in MIN_TRIALS:
+            for cap in (c for c in (None, 100) if c is None or c < draws):
+                out.append(
+                    (
+                        _capped(f"racing pooled+strat+tiers z={thr} min={n0}", cap),
+                        Racing(threshold=thr, min_trials=n0, max_trials=draws, variance="pooled", trial_cap=cap,
+                               timestep_snr=tiers, standard_error="stratified"),
+                    )
+                )
+    for alpha in STRATIFIED_ALPHAS:
+        z = float(norm.isf(alpha / 2))
+        for label, kw in (
+            ("pooled+strat+tiers", {"timestep_snr": tiers, "standard_error": "stratified"}),
+            ("pooled+strat", {"standard_error": "stratified"}),
+            ("pooled+tiers", {"timestep_snr": tiers}),
+        ):
+            out.append(
+                (
+                    f"racing {label} t a={alpha} min=2",
+                    Racing(threshold=z, min_trials=2, max_trials=draws, variance="pooled", critical="t", **kw),
+                )
+            )
     return out
 
 
@@ -259,7 +305,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         raise SystemExit(f"error: {err}") from None
     T = task.schedule.num_timesteps
     scale, snr = fit_timestep_profile(train["errors"], train["timesteps"], args.bins, T)
-    grid = racing_grid(scale, snr, draws) + pooled_ttest_grid(draws)
+    grid = racing_grid(scale, snr, draws) + pooled_ttest_grid(draws) + stratified_grid(scale, draws)
     print(f"fitted on {len(train['index'])} training images: scale {scale}, snr {snr}", flush=True)
     train_rows = replayed(task, train_batches, train, grid)
     chosen = choose(train_rows, args.max_drop_points, args.min_agreement)

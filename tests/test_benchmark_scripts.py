@@ -246,6 +246,7 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
     assert train_cost[chosen] == min(train_cost.values())  # the fit rule with no accuracy constraint
     assert result["live"]["replay_matches_live"] is True
     assert len(result["profile"]["timestep_scale"]) == 4
+    assert {"racing pooled+strat+tiers z=2.5 min=3", "racing pooled+strat t a=0.02 min=2"} <= set(test_rows)
     preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
     chosen_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[preset["class_path"]]
     assert preset["init_args"]["max_trials"] == 8
@@ -255,6 +256,11 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
             "evaluate", "--train", str(tmp_path / "tr.pt"), "--test", str(tmp_path / "tr.pt"),
             "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--out", str(tmp_path / "bad"),
         ])
+
+
+def test_timestep_tiers_score_the_bins_that_move_the_mean_first() -> None:
+    assert error_control.timestep_tiers([0.5, 1.0, 0.2, 0.09, 0.001]) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert error_control.timestep_tiers([0.5, 1.0, 0.2], share=0.6) == [0.0, 1.0, 0.0]
 
 
 # ---------------------------------------------------------------------------------------------- eval choices

@@ -3,13 +3,18 @@ and the timestep profile it is fitted with."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
 import pytest
 import torch
+from scipy import stats as scipy_stats
 
-from diffclf.strategies import Exhaustive, Racing, fit_timestep_profile
+from diffclf.diffusion.schedule import NoiseSchedule
+from diffclf.diffusion.scoring import Scorer
+from diffclf.strategies import Exhaustive, PairedTTest, Racing, fit_timestep_profile
+from diffclf.strategies.base import successive_difference_variance
 from diffclf.strategies.replay import ReplayScorer
 
 N, K, D = 60, 6, 40
@@ -30,13 +35,22 @@ def synthetic_table(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return errors.float(), target
 
 
+def von_neumann_variance(diffs, times):
+    """Half the mean squared successive difference of ``diffs`` ordered by ``times`` (ties in input order)."""
+    ordered = [d for _, _, d in sorted(zip(times, range(len(diffs)), diffs))]
+    return sum((b - a) ** 2 for a, b in itertools.pairwise(ordered)) / (2 * (len(ordered) - 1))
+
+
 def reference_racing(
-    errors, timesteps, threshold, min_trials, round_size, scale=None, snr=None, T=1000, pooled=False, cap=None
+    errors, timesteps, threshold, min_trials, round_size, scale=None, snr=None, T=1000, pooled=False, cap=None,
+    stratified=False, t_critical=False,
 ):
     """An image-at-a-time racing loop written from the method's description, not from the package.
 
     ``pooled``: every rival is tested with the lower median of the rivals' paired variances; ``cap``: the
-    most draws any class gets.
+    most draws any class gets; ``stratified``: variances are von Neumann's, over the scored draws in
+    timestep order; ``t_critical``: the threshold is scipy's Student-t quantile (``n - 1`` dof) at the
+    threshold's normal tail probability.
     """
     out_pred, out_fwd = [], []
     D = errors.shape[-1]
@@ -55,7 +69,11 @@ def reference_racing(
             z = {c: [e[c][k] * w[k] for k in order[:n]] for c in alive}
             lead = min(alive, key=lambda c: sum(z[c]) / n)
             diffs = {c: [a - bb for a, bb in zip(z[c], z[lead])] for c in alive}
-            var_of = {c: statistics.variance(d) for c, d in diffs.items()}
+            if stratified:
+                times = [timesteps[k] for k in order[:n]]
+                var_of = {c: von_neumann_variance(d, times) for c, d in diffs.items()}
+            else:
+                var_of = {c: statistics.variance(d) for c, d in diffs.items()}
             if pooled:
                 shared = statistics.median_low([var_of[c] for c in alive if c != lead])
                 var_of = {c: shared for c in alive}
@@ -65,7 +83,8 @@ def reference_racing(
                 m = sum(d) / n
                 var = var_of[c]
                 stat = m / math.sqrt(var / n) if var > 0 else (math.inf if m > 0 else math.nan)
-                if not stat > threshold:
+                limit = scipy_stats.t.ppf(scipy_stats.norm.cdf(threshold), n - 1) if t_critical else threshold
+                if not stat > limit:
                     keep.append(c)
             alive = keep
         z = {c: sum(e[c][k] * w[k] for k in order[:n]) / n for c in alive}
@@ -137,6 +156,94 @@ def test_the_pooled_variance_loses_the_winner_less_often_at_the_same_cost():
     assert spent["pooled"] <= 1.1 * spent["pair"]
 
 
+def test_successive_difference_variance_is_von_neumanns_in_timestep_order():
+    g = torch.Generator().manual_seed(7)
+    diff = torch.randn(3, 4, 9, generator=g, dtype=torch.float64)
+    times = torch.stack([torch.randperm(1000, generator=g)[:9] for _ in range(3)])
+    times[0, 3] = times[0, 5]  # a tie keeps draw order
+    got = successive_difference_variance(diff, times)
+    for b in range(3):
+        for m in range(4):
+            want = von_neumann_variance(diff[b, m].tolist(), times[b].tolist())
+            assert float(got[b, m]) == pytest.approx(want, rel=1e-12)
+    # two draws: the ordinary sample variance; a gap that only changes with t: (almost) no variance
+    assert torch.allclose(successive_difference_variance(diff[..., :2], times[:, :2]), diff[..., :2].var(dim=-1))
+    t = torch.arange(50).unsqueeze(0)
+    smooth = (t.double() / 10).sin().view(1, 1, 50)
+    assert float(successive_difference_variance(smooth, t)) < 0.01 * float(smooth.var())
+
+
+@pytest.mark.parametrize("critical", ["z", "t"])
+@pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.parametrize("profile", [False, True])
+def test_stratified_racing_matches_an_independent_reimplementation(pooled, profile, critical):
+    errors, _ = gap_profile_table(5)
+    scorer = ReplayScorer(errors, {i: i for i in range(N)}, K)
+    ts = scorer.timesteps(torch.tensor([0]))[0]
+    scale, snr = fit_timestep_profile(errors, ts, num_bins=5) if profile else (None, None)
+    variance = "pooled" if pooled else "pair"
+    strategy = Racing(2.0, 3, D, 1, timestep_scale=scale, timestep_snr=snr, variance=variance,
+                      standard_error="stratified", critical=critical)
+    result, _ = classify(strategy, errors)
+    pred, fwd = reference_racing(errors, ts.tolist(), 2.0, 3, 1, scale, snr, pooled=pooled, stratified=True,
+                                 t_critical=critical == "t")
+    assert torch.equal(result.pred, pred)
+    assert torch.equal(result.forwards, fwd)
+    iid, _ = classify(Racing(2.0, 3, D, 1, timestep_scale=scale, timestep_snr=snr, variance=variance,
+                             critical=critical), errors)
+    assert not torch.equal(iid.forwards, result.forwards)  # the estimator changed the drops
+
+
+def gap_profile_table(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Errors whose class gaps change smoothly and strongly with t (as Fashion-MNIST's and digits' do: most of a
+    pair's spread over draws is the gap's profile, not noise), ``(N, K, D)`` and the true class."""
+    g = torch.Generator().manual_seed(seed)
+    scorer = ReplayScorer(torch.zeros(1, K, D), {0: 0}, K)
+    t = scorer.timesteps(torch.tensor([0]))[0].double()
+    profile = 1.0 + 1.5 * torch.cos(2 * math.pi * t / 1000)  # from 2.5 down to -0.5 and back
+    target = torch.randint(0, K, (N,), generator=g)
+    gap = 0.2 * torch.rand(N, K, 1, generator=g, dtype=torch.float64) + 0.05
+    gap[torch.arange(N), target] = 0.0
+    noise = 0.3 * torch.randn(N, K, D, generator=g, dtype=torch.float64)
+    return (2.0 + gap * profile + noise * gap.sqrt()).float(), target
+
+
+def test_the_stratified_standard_error_pays_where_the_gap_changes_with_t():
+    """The lever it is for: at the same threshold the spread-out draws' own (local) variance drops rivals sooner,
+    and the answer stays the exhaustive one as often."""
+    spent, agree = {}, {}
+    for se in ("iid", "stratified"):
+        spent[se] = agree[se] = 0.0
+        for seed in (6, 7, 8):
+            errors, _ = gap_profile_table(seed)
+            exhaustive, _ = classify(Exhaustive(trials=D), errors)
+            raced, _ = classify(Racing(2.5, 3, D, variance="pooled", standard_error=se), errors)
+            spent[se] += float(raced.forwards.double().mean()) / 3
+            agree[se] += float((raced.pred == exhaustive.pred).double().mean()) / 3
+    assert spent["stratified"] < 0.8 * spent["iid"]
+    assert agree["stratified"] >= agree["iid"] - 0.02
+
+
+def test_the_t_critical_value_is_the_pooled_t_tests_rule():
+    """``critical="t"`` at a threshold of the normal quantile of alpha / 2 drops exactly where the pooled two-sided
+    t-test at alpha does, round by round, when both score the same draws."""
+    errors, _ = synthetic_table(9)
+    for alpha in (0.02, 0.1):
+        z = float(scipy_stats.norm.isf(alpha / 2))
+        raced, _ = classify(Racing(z, 2, D, variance="pooled", critical="t"), errors)
+        tested, _ = classify(PairedTTest(alpha=alpha, min_trials=2, max_trials=D, round_size=1, variance="pooled"), errors)
+        assert torch.equal(raced.num_draws, tested.num_draws) and torch.equal(raced.pred, tested.pred)
+    assert Racing(2.0, critical="t").critical_value(3) > 2.0 * 1.5 and Racing(2.0).critical_value(3) == 2.0
+
+
+def test_the_stratified_standard_error_refuses_iid_timesteps():
+    scorer = Scorer(lambda x, t, y: x, NoiseSchedule(), 1, max_draws=D, num_classes=K, design="uniform")
+    for strategy in (Racing(max_trials=D, standard_error="stratified"),
+                     PairedTTest(max_trials=D, min_trials=2, standard_error="stratified")):
+        with pytest.raises(ValueError, match="standard_error=stratified needs draws spread over t"):
+            strategy.classify(scorer, torch.zeros(2, 1, 2, 2), torch.arange(2))
+
+
 def test_racing_spends_fewer_forwards_than_exhaustive_and_is_exhaustive_when_nothing_is_dropped():
     errors, _ = synthetic_table(1)
     exhaustive, _ = classify(Exhaustive(trials=D), errors)
@@ -192,6 +299,8 @@ def test_fit_timestep_profile_recovers_scale_and_signal():
         ({"variance": "pairs"}, "variance"),
         ({"trial_cap": 2, "min_trials": 3}, "trial_cap"),
         ({"trial_cap": 300, "max_trials": 250}, "trial_cap"),
+        ({"standard_error": "successive"}, "standard_error"),
+        ({"critical": "student"}, "critical"),
     ],
 )
 def test_racing_refuses_bad_arguments(kwargs, match):

@@ -440,9 +440,12 @@ def test_paired_ttest_prunes_exactly_like_scipy(alpha: float, alternative: str) 
     assert den.calls == int(result.forwards.sum())
 
 
-def pooled_ttest_reference(errors: np.ndarray, alpha: float, min_trials: int, cap: int) -> tuple[list[int], int]:
+def pooled_ttest_reference(
+    errors: np.ndarray, alpha: float, min_trials: int, cap: int, times: list[int] | None = None
+) -> tuple[list[int], int]:
     """The pooled variant from its description: every rival of the best is tested (two-sided, ``n - 1``
-    dof, scipy's t distribution) with the lower median of the rivals' own paired variances."""
+    dof, scipy's t distribution) with the lower median of the rivals' own paired variances; with ``times``
+    (each draw's timestep) those variances are half the mean squared successive difference in timestep order."""
     m = errors.shape[0]
     remaining, draws = set(range(m)), [0] * m
     n, forwards = 0, 0
@@ -455,7 +458,12 @@ def pooled_ttest_reference(errors: np.ndarray, alpha: float, min_trials: int, ca
             best = min(remaining, key=lambda c: errors[c, :n].mean())
             rivals = sorted(remaining - {best})
             diffs = {c: errors[c, :n].astype(np.float64) - errors[best, :n] for c in rivals}
-            shared = statistics.median_low([float(np.var(diffs[c], ddof=1)) for c in rivals])
+            if times is None:
+                own = [float(np.var(diffs[c], ddof=1)) for c in rivals]
+            else:
+                by_t = np.argsort(np.asarray(times[:n]), kind="stable")
+                own = [float(np.sum(np.diff(diffs[c][by_t]) ** 2) / (2 * (n - 1))) for c in rivals]
+            shared = statistics.median_low(own)
             for c in rivals:
                 t = diffs[c].mean() / math.sqrt(shared / n)
                 if 2 * stats.t.sf(abs(t), n - 1) < alpha and t > 0:
@@ -482,6 +490,23 @@ def test_pooled_paired_ttest_with_a_cap_matches_its_description(cap: int | None)
     assert not torch.equal(pair_result.num_draws, result.num_draws)  # pooling changed the drops
     if cap is not None:
         assert int(result.num_draws.max()) == cap
+
+
+def test_stratified_pooled_paired_ttest_matches_its_description() -> None:
+    table = random_table(8, 120, seed=4, spread=0.004)
+    strategy = PairedTTest(alpha=0.05, min_trials=3, max_trials=120, round_size=1, variance="pooled",
+                           standard_error="stratified")
+    scorer, _, x, index = setup(table, strategy)
+    errors = realized(scorer, x, index, PER_IMAGE)
+    times = scorer.timesteps(index)
+    result = strategy.classify(scorer, x, index, PER_IMAGE)
+    for b in range(3):
+        draws, forwards = pooled_ttest_reference(errors[b], 0.05, 3, 120, times[b].tolist())
+        assert result.num_draws[b].tolist() == draws
+        assert int(result.forwards[b]) == forwards
+    iid = PairedTTest(alpha=0.05, min_trials=3, max_trials=120, round_size=1, variance="pooled")
+    iid_scorer, _, _, _ = setup(table, iid)
+    assert not torch.equal(iid.classify(iid_scorer, x, index, PER_IMAGE).num_draws, result.num_draws)
 
 
 def test_critical_t_of_each_alternative() -> None:
@@ -557,6 +582,7 @@ def test_paired_ttest_keeps_identical_classes_to_the_end() -> None:
         ({"round_size": 0}, "round_size"),
         ({"variance": "median"}, "variance"),
         ({"trial_cap": 10, "min_trials": 20}, "trial_cap"),
+        ({"standard_error": "von_neumann"}, "standard_error"),
     ],
 )
 def test_paired_ttest_rejects_bad_options(kwargs: dict, match: str) -> None:

@@ -36,10 +36,19 @@ import math
 from typing import Literal
 
 import torch
+from scipy import stats
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import Classification, Strategy, check_pooling, from_table, pooled_rival_variance
+from diffclf.strategies.base import (
+    Classification,
+    Strategy,
+    check_pooling,
+    check_spread,
+    from_table,
+    pooled_rival_variance,
+    successive_difference_variance,
+)
 
 
 def _bins(timesteps: Tensor, num_bins: int, num_timesteps: int) -> Tensor:
@@ -123,6 +132,14 @@ class Racing(Strategy):
             remaining rivals), as above.
         trial_cap: most draws any class gets, below the grid ``max_trials`` (None: ``max_trials``); the
             grid, and so every draw's ``(t, eps)``, stays that of ``max_trials``.
+        critical: ``z`` (drop above ``threshold`` at every round) or ``t`` (above the Student-t quantile with
+            ``n - 1`` degrees of freedom at ``threshold``'s normal tail probability: strict while few draws are in,
+            ``threshold`` once many are; with ``variance="pooled"`` this is the pooled paired t-test's rule, here
+            with Racing's scoring order).
+        standard_error: ``iid`` (the sample variance of the paired differences) or ``stratified`` (their
+            successive-difference variance in timestep order,
+            :func:`~diffclf.strategies.base.successive_difference_variance`): the variance of a mean over draws
+            spread evenly over ``t``, without the gap's smooth change with ``t`` that the spread cancels.
     """
 
     def __init__(
@@ -136,6 +153,8 @@ class Racing(Strategy):
         num_timesteps: int = 1000,
         variance: Literal["pair", "pooled"] = "pair",
         trial_cap: int | None = None,
+        critical: Literal["z", "t"] = "z",
+        standard_error: Literal["iid", "stratified"] = "iid",
     ) -> None:
         if not threshold > 0:
             raise ValueError(f"Racing threshold must be > 0 (standard errors), got {threshold}")
@@ -151,7 +170,9 @@ class Racing(Strategy):
             raise ValueError("Racing timestep_snr must have one number per timestep bin (or be null)")
         if num_timesteps < 1:
             raise ValueError(f"Racing num_timesteps must be >= 1, got {num_timesteps}")
-        check_pooling("Racing", variance, trial_cap, min_trials, max_trials)
+        if critical not in ("z", "t"):
+            raise ValueError(f"Racing critical must be z or t, got {critical!r}")
+        check_pooling("Racing", variance, trial_cap, min_trials, max_trials, standard_error)
         self.threshold = float(threshold)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)
@@ -161,6 +182,8 @@ class Racing(Strategy):
         self.num_timesteps = int(num_timesteps)
         self.variance = variance
         self.trial_cap = None if trial_cap is None else int(trial_cap)
+        self.critical = critical
+        self.standard_error = standard_error
 
     @property
     def max_draws(self) -> int:
@@ -191,6 +214,7 @@ class Racing(Strategy):
     ) -> Classification:
         """Rounds until every image is down to one class or at ``trial_cap``; ``stage`` = rounds survived."""
         self._check_scorer(scorer)
+        check_spread("Racing", self.standard_error, scorer)
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
         device = x.device
@@ -211,10 +235,16 @@ class Racing(Strategy):
             n, rounds = stop, rounds + 1
             stage = torch.where(active, float(rounds), stage)
             z = self._standardised(table.errors, weights, order[:n])
-            remaining &= ~self._drop(z, active)
+            remaining &= ~self._drop(z, active, steps[:, order[:n]])
             finished = finished | (remaining.sum(dim=1) <= 1)
         z = self._standardised(table.errors, weights, order[: max(n, 1)])
         return from_table(table, stage + remaining.float(), tiebreak=-torch.nanmean(z, dim=-1))
+
+    def critical_value(self, n: int) -> float:
+        """The drop threshold after ``n`` draws (see ``critical``)."""
+        if self.critical == "z":
+            return self.threshold
+        return float(stats.t.isf(stats.norm.sf(self.threshold), n - 1))
 
     @staticmethod
     def _standardised(errors: Tensor, weights: Tensor, slots: list[int]) -> Tensor:
@@ -222,15 +252,19 @@ class Racing(Strategy):
         idx = torch.tensor(slots, dtype=torch.long, device=errors.device)
         return errors.index_select(2, idx) * weights.index_select(1, idx).unsqueeze(1)
 
-    def _drop(self, z: Tensor, active: Tensor) -> Tensor:
-        """``(B, M)``: active classes ``threshold`` standard errors worse than their image's leader."""
+    def _drop(self, z: Tensor, active: Tensor, timesteps: Tensor) -> Tensor:
+        """``(B, M)``: active classes ``threshold`` standard errors worse than their image's leader
+        (``timesteps`` ``(B, n)``: those of ``z``'s draws, for the ``stratified`` standard error)."""
         n = z.shape[-1]
         d = z.double()
         mean = d.mean(dim=-1)
         lead = mean.masked_fill(~active, math.inf).argmin(dim=1)
         diff = d - d.gather(1, lead.view(-1, 1, 1).expand(-1, 1, n))
-        var = diff.var(dim=-1, correction=1)
+        if self.standard_error == "stratified":
+            var = successive_difference_variance(diff, timesteps)
+        else:
+            var = diff.var(dim=-1, correction=1)
         if self.variance == "pooled":
             var = pooled_rival_variance(var, active.scatter(1, lead.view(-1, 1), False))
         stat = diff.mean(dim=-1) / torch.sqrt(var / n)
-        return active & (stat > self.threshold)  # NaN (the leader itself, identical draws) never drops
+        return active & (stat > self.critical_value(n))  # NaN (the leader itself, identical draws) never drops

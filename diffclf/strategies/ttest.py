@@ -11,15 +11,27 @@ from scipy import stats
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer
-from diffclf.strategies.base import Classification, Strategy, check_pooling, from_table, pooled_rival_variance
+from diffclf.strategies.base import (
+    Classification,
+    Strategy,
+    check_pooling,
+    check_spread,
+    from_table,
+    pooled_rival_variance,
+    successive_difference_variance,
+)
 
 _CHUNK_ELEMENTS = 1 << 24
 ALTERNATIVES = ("one-sided", "two-sided")
 
 
-def paired_moments(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and ``ddof=1`` variance of ``a - b`` over the last dimension, in float64."""
+def paired_moments(a: Tensor, b: Tensor, timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Mean and ``ddof=1`` variance of ``a - b`` over the last dimension, in float64; with ``timesteps``
+    ``(B, n)`` the variance is the successive-difference one in timestep order
+    (:func:`~diffclf.strategies.base.successive_difference_variance`)."""
     d = a.double() - b.double()
+    if timesteps is not None:
+        return d.mean(dim=-1), successive_difference_variance(d, timesteps)
     return d.mean(dim=-1), d.var(dim=-1, correction=1)
 
 
@@ -79,6 +91,8 @@ class PairedTTest(Strategy):
         alternative: ``two-sided`` or ``one-sided`` p-values, as above.
         variance: ``pair`` (each class's own paired variance, the standard test) or ``pooled``.
         trial_cap: most draws any class gets, below the grid (None: ``max_trials``).
+        standard_error: ``iid`` (the sample variance, the standard test) or ``stratified`` (the
+            successive-difference variance in timestep order; why, in :class:`~diffclf.strategies.Racing`).
     """
 
     def __init__(
@@ -90,6 +104,7 @@ class PairedTTest(Strategy):
         alternative: Literal["one-sided", "two-sided"] = "two-sided",
         variance: Literal["pair", "pooled"] = "pair",
         trial_cap: int | None = None,
+        standard_error: Literal["iid", "stratified"] = "iid",
     ) -> None:
         if not 0.0 < alpha < 0.5:
             raise ValueError(f"PairedTTest alpha must be in (0, 0.5), got {alpha}")
@@ -105,7 +120,7 @@ class PairedTTest(Strategy):
             raise ValueError(
                 f"PairedTTest alternative must be one of {', '.join(ALTERNATIVES)}; got {alternative!r}"
             )
-        check_pooling("PairedTTest", variance, trial_cap, min_trials, max_trials)
+        check_pooling("PairedTTest", variance, trial_cap, min_trials, max_trials, standard_error)
         self.alpha = float(alpha)
         self.min_trials = int(min_trials)
         self.max_trials = int(max_trials)
@@ -113,13 +128,15 @@ class PairedTTest(Strategy):
         self.alternative = alternative
         self.variance = variance
         self.trial_cap = None if trial_cap is None else int(trial_cap)
+        self.standard_error = standard_error
 
     @property
     def max_draws(self) -> int:
         return self.max_trials
 
-    def _drop(self, errors: Tensor, remaining: Tensor, n: int) -> Tensor:
-        """``(B, M)``: classes of ``remaining`` significantly worse than their image's best on ``[0, n)``."""
+    def _drop(self, errors: Tensor, remaining: Tensor, n: int, timesteps: Tensor | None = None) -> Tensor:
+        """``(B, M)``: classes of ``remaining`` significantly worse than their image's best on ``[0, n)``
+        (``timesteps`` ``(B, >= n)``: the draws' timesteps, given for the ``stratified`` standard error)."""
         errs = errors[:, :, :n]
         mean = errs.mean(dim=-1).masked_fill(~remaining, math.inf)
         best = mean.argmin(dim=1)
@@ -127,10 +144,11 @@ class PairedTTest(Strategy):
         crit = critical_t(self.alpha, n, self.alternative)
         B, M = remaining.shape
         step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
+        ts = None if timesteps is None else timesteps[:, :n]
         mean = torch.empty(B, M, dtype=torch.float64, device=errors.device)
         var = torch.empty_like(mean)
         for m0 in range(0, M, step):  # chunked over classes to bound the float64 differences' memory
-            mean[:, m0 : m0 + step], var[:, m0 : m0 + step] = paired_moments(errs[:, m0 : m0 + step], b_err)
+            mean[:, m0 : m0 + step], var[:, m0 : m0 + step] = paired_moments(errs[:, m0 : m0 + step], b_err, ts)
         if self.variance == "pooled":
             var = pooled_rival_variance(var, remaining.scatter(1, best.view(-1, 1), False))
         return remaining & (mean / torch.sqrt(var / n) > crit)
@@ -145,6 +163,7 @@ class PairedTTest(Strategy):
     ) -> Classification:
         """Rounds until every image is down to one class or at ``trial_cap``; ``stage`` = rounds survived."""
         self._check_scorer(scorer)
+        check_spread("PairedTTest", self.standard_error, scorer)
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
         remaining = torch.ones(B, M, dtype=torch.bool, device=x.device)
@@ -152,6 +171,7 @@ class PairedTTest(Strategy):
         stage = torch.zeros(B, M, device=x.device)
         n, rounds = 0, 0
         cap = self.max_trials if self.trial_cap is None else self.trial_cap
+        steps = scorer.timesteps(index, 0, cap).to(x.device) if self.standard_error == "stratified" else None
         while n < cap:
             stop = min(n + self.round_size, cap)
             active = remaining & ~finished.unsqueeze(1)
@@ -160,6 +180,6 @@ class PairedTTest(Strategy):
             n, rounds = stop, rounds + 1
             stage = torch.where(active, float(rounds), stage)
             if n >= self.min_trials:
-                remaining &= ~self._drop(table.errors, active, n)
+                remaining &= ~self._drop(table.errors, active, n, steps)
             finished = finished | (remaining.sum(dim=1) <= 1)
         return from_table(table, stage + remaining.float())
