@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import torch
-from scipy.stats import norm
 
 from diffclf.cli.allocator import keep_freed_memory
 from diffclf.metrics.provenance import command_line, git, machine, utc_now
@@ -186,7 +186,7 @@ def stratified_grid(scale: list[float], draws: int) -> list[tuple[str, Strategy]
                     )
                 )
     for alpha in STRATIFIED_ALPHAS:
-        z = float(norm.isf(alpha / 2))
+        z = statistics.NormalDist().inv_cdf(1 - alpha / 2)
         for label, kw in (
             ("pooled+strat+tiers", {"timestep_snr": tiers, "standard_error": "stratified"}),
             ("pooled+strat", {"standard_error": "stratified"}),

@@ -42,6 +42,7 @@ def _script(name: str) -> ModuleType:
 
 corruption_breakdown = _script("corruption_breakdown")
 error_control = _script("error_control")
+variance_sources = _script("variance_sources")
 eval_choices = _script("eval_choices")
 strategies = _script("strategies")
 
@@ -261,6 +262,43 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
 def test_timestep_tiers_score_the_bins_that_move_the_mean_first() -> None:
     assert error_control.timestep_tiers([0.5, 1.0, 0.2, 0.09, 0.001]) == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert error_control.timestep_tiers([0.5, 1.0, 0.2], share=0.6) == [0.0, 1.0, 0.0]
+
+
+def _write_table(path: Path, errors: torch.Tensor, target: torch.Tensor, times: torch.Tensor) -> str:
+    torch.save({"errors": errors, "target": target, "timesteps": times,
+                "meta": {"data": "synthetic", "split": "test"}}, path)
+    return str(path)
+
+
+def test_variance_sources_separates_the_gaps_change_with_t_from_noise(tmp_path: Path) -> None:
+    """A gap that swings with t is mostly not noise for the stratified estimator; pure noise is all noise."""
+    g = torch.Generator().manual_seed(0)
+    n, k, d = 40, 3, 64
+    times = torch.randperm(1000, generator=g)[:d].sort().values[torch.randperm(d, generator=g)]
+    swing = 1.0 + 3.0 * torch.sin(times.double() / 160)
+    base = torch.full((n, k, d), 5.0, dtype=torch.float64)
+    base[:, 1] += 0.3 * swing  # class 1: the runner-up, its gap following t
+    base[:, 2] += 2.0
+    noise = 0.2 * torch.randn(n, k, d, generator=g, dtype=torch.float64)
+    target = torch.zeros(n, dtype=torch.long)
+    smooth = _write_table(tmp_path / "smooth.pt", (base + noise).float(), target, times)
+    flat = _write_table(tmp_path / "flat.pt", (5.0 + 0.1 * torch.arange(k).view(1, k, 1) + noise).float(), target, times)
+    out = variance_sources.main(["tables", "--table", smooth, "--table", flat, "--out", str(tmp_path / "vs")])
+    ratio = [t["stratified_over_iid_variance"]["median"] for t in out["tables"]]
+    assert ratio[0] < 0.3 and 0.8 < ratio[1] < 1.2
+    assert sum(r["images"] for r in out["tables"][0]["near_ties"]) == n
+    assert (tmp_path / "vs.md").read_text().startswith("# Where the decisive pair's per-draw spread comes from")
+
+
+@needs_ckpt
+def test_variance_sources_antithetic_scores_both_halves_of_every_draw(tmp_path: Path) -> None:
+    out = variance_sources.main([
+        "antithetic", "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "3", "--draws", "6",
+        "--threads", "1", "--out", str(tmp_path / "anti"),
+    ])
+    assert out["meta"]["images"] == 3 and out["meta"]["split"] == "train"
+    assert -1.0 <= out["correlation_plus_minus"]["median"] <= 1.0
+    assert out["antithetic_over_independent_variance"]["median"] > 0
 
 
 # ---------------------------------------------------------------------------------------------- eval choices

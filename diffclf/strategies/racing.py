@@ -24,6 +24,15 @@ a third of digits' signal per draw, flat over t, so standardising and reordering
 - **A draw cap** (``trial_cap``). Images whose two best classes stay within the noise after tens of draws are
   near-ties, right about as often as wrong whichever way they go; scoring them to the full grid buys little
   accuracy per forward. ``trial_cap`` stops every image there and lets the lowest mean decide.
+- **A stratified standard error** (``standard_error="stratified"``). Every prefix of the scoring order is spread
+  over ``t``, so the mean of the scored draws is a systematic sample: the smooth change of a class gap with ``t``
+  (a third of the spread of Fashion-MNIST's decisive differences, 60% of digits') cancels in it, yet the sample
+  variance counts it as noise. The successive-difference variance in timestep order leaves it out.
+- **Two tiers of timesteps** (``timestep_snr`` as a 0/1 priority on raw errors): bins whose class differences are
+  a tenth of the largest hardly move the raw mean, so scoring them last changes few answers and spends the early
+  draws where the sum is decided. Within a tier the spread order is kept.
+- **The t rule** (``critical="t"``): the threshold is the Student-t quantile with ``n - 1`` degrees of freedom at
+  ``threshold``'s tail probability, strict while few draws are in; pooled, it is the pooled paired t-test's rule.
 
 Racing on paired differences with common random numbers follows Maron & Moore's Hoeffding races and the
 successive-elimination bandits (Even-Dar, Mannor & Mansour 2006), with the diffusion classifier's shared
