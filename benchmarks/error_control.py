@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from diffclf.cli.allocator import keep_freed_memory
-from diffclf.metrics.provenance import command_line, git, machine, utc_now
+from diffclf.metrics.provenance import command_line, git, machine, utc_now, working_tree_dirty
 from diffclf.models.checkpoints import read_checkpoint
 from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Racing, Strategy, fit_timestep_profile
 from diffclf.strategies.replay import ReplayScorer
@@ -51,7 +51,7 @@ def provenance(args: argparse.Namespace, argv: list[str]) -> dict:
         "device": machine(),
         "torch": str(torch.__version__),
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": working_tree_dirty(),
         "command": command_line(["benchmarks/error_control.py", *argv]),
         "ckpt_path": args.ckpt_path,
     }

@@ -27,7 +27,7 @@ from diffclf.cli.allocator import keep_freed_memory
 from diffclf.configs import load_preset
 from diffclf.diffusion.precision import cpu_flags, resolve_precision
 from diffclf.metrics.accuracy import clopper_pearson
-from diffclf.metrics.provenance import command_line, git, machine, utc_now
+from diffclf.metrics.provenance import command_line, git, machine, utc_now, working_tree_dirty
 from diffclf.strategies import Exhaustive, Strategy
 from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, pct, run_live, split_batches
 from diffclf.tasks.diffusion import describe_strategy
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["meta"] = {
         "date": utc_now(), "device": machine(), "torch": str(torch.__version__),
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": working_tree_dirty(),
         "command": command_line(["benchmarks/precision.py", *(argv if argv is not None else sys.argv[1:])]),
         "ckpt_path": args.ckpt_path, "data": args.data, "strategy": describe_strategy(strategy),
         "seed": task.hparams.seed, "auto": why,

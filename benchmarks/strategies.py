@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from diffclf.cli.allocator import keep_freed_memory
-from diffclf.metrics.provenance import command_line, git, machine, utc_now
+from diffclf.metrics.provenance import command_line, git, machine, utc_now, working_tree_dirty
 from diffclf.models.checkpoints import read_checkpoint
 from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Strategy
 from diffclf.strategies.replay import ReplayScorer
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": machine(),
         "torch": torch.__version__,
         "commit": git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": working_tree_dirty(),
         "command": command,
         "ckpt_path": args.ckpt_path,
         "global_step": ckpt.get("global_step"),

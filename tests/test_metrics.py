@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from diffclf.data.label_spaces import group_index, label_space_scores
 from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.metrics.classification import ClassificationMetrics
+from diffclf.metrics.provenance import working_tree_dirty
 from diffclf.metrics.results import (
     REQUIRED_FIELDS,
     ResultsError,
@@ -245,3 +247,19 @@ def test_fit_needs_two_distinct_models() -> None:
         fit_linear([0.7], [0.5])
     with pytest.raises(ValueError, match="at least 2 models"):
         fit_linear([0.7, 0.7], [0.5, 0.4])
+
+
+def test_working_tree_dirty_is_false_on_a_clean_checkout_and_true_after_an_edit(tmp_path: Path) -> None:
+    """A clean tree gives git's empty output, which must read as clean (``git()`` would answer ``unknown``)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    (repo / "a.txt").write_text("one\n")
+    for cmd in (["init", "-q"], ["add", "a.txt"], ["commit", "-q", "-m", "first"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
+    (repo / "untracked.txt").write_text("new\n")
+    assert working_tree_dirty(repo) is False
+    (repo / "a.txt").write_text("two\n")
+    assert working_tree_dirty(repo) is True
+    assert working_tree_dirty(tmp_path / "not_a_repo_at_all") is None

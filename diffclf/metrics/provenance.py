@@ -87,6 +87,20 @@ def git(*args: str, cwd: str | Path | None = None) -> str:
     return out.stdout.strip() or "unknown"
 
 
+def working_tree_dirty(cwd: str | Path | None = None) -> bool | None:
+    """Whether tracked files differ from the checked-out commit (``cwd`` as in :func:`git`); None outside a
+    checkout. Its own call, because :func:`git` answers ``unknown`` for empty output, which a clean tree gives."""
+    where = str(cwd or Path(__file__).resolve().parent)
+    try:
+        out = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def utc_now() -> str:
     """The current time, UTC, to the second (ISO 8601)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
