@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -249,6 +250,7 @@ def test_fit_needs_two_distinct_models() -> None:
         fit_linear([0.7, 0.7], [0.5, 0.4])
 
 
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
 def test_working_tree_dirty_is_false_on_a_clean_checkout_and_true_after_an_edit(tmp_path: Path) -> None:
     """A clean tree gives git's empty output, which must read as clean (``git()`` would answer ``unknown``)."""
     repo = tmp_path / "repo"
