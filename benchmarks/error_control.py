@@ -171,8 +171,8 @@ def timestep_tiers(scale: list[float], share: float = TIER_SHARE) -> list[float]
 
 def stratified_grid(scale: list[float], draws: int) -> list[tuple[str, Strategy]]:
     """Pooled racing with the stratified (successive-difference) standard error and the two-tier order, with the
-    z rule (min 2-4 draws, with and without a cap of 100) and the t rule (the pooled t-test's thresholds at alpha);
-    and each lever alone under the t rule."""
+    z rule (min 2-4 draws, with and without a cap of 100) and the t rule (the pooled t-test's thresholds at alpha,
+    alpha >= 0.02 also with caps of 50 and 100); and each lever alone under the t rule."""
     tiers = timestep_tiers(scale)
     out: list[tuple[str, Strategy]] = []
     for thr in STRATIFIED_THRESHOLDS:
@@ -196,6 +196,14 @@ def stratified_grid(scale: list[float], draws: int) -> list[tuple[str, Strategy]
                 (
                     f"racing {label} t a={alpha} min=2",
                     Racing(threshold=z, min_trials=2, max_trials=draws, variance="pooled", critical="t", **kw),
+                )
+            )
+        for cap in (c for c in (50, 100) if c < draws and alpha >= 0.02):
+            out.append(
+                (
+                    _capped(f"racing pooled+strat+tiers t a={alpha} min=2", cap),
+                    Racing(threshold=z, min_trials=2, max_trials=draws, variance="pooled", critical="t",
+                           timestep_snr=tiers, standard_error="stratified", trial_cap=cap),
                 )
             )
     return out
