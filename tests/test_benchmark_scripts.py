@@ -299,6 +299,9 @@ def test_variance_sources_antithetic_scores_both_halves_of_every_draw(tmp_path: 
     assert out["meta"]["images"] == 3 and out["meta"]["split"] == "train"
     assert -1.0 <= out["correlation_plus_minus"]["median"] <= 1.0
     assert out["antithetic_over_independent_variance"]["median"] > 0
+    # the second half is scored with -eps, not eps again (identical halves: correlation 1, ratio 2)
+    assert out["local_correlation_plus_minus"]["median"] < 0.99
+    assert out["local_antithetic_over_independent_variance"]["median"] < 1.9
 
 
 # ---------------------------------------------------------------------------------------------- eval choices

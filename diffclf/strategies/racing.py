@@ -230,6 +230,8 @@ class Racing(Strategy):
         steps = scorer.timesteps(index, 0, self.max_trials)  # (B, D): a stratified design jitters per image
         order = self.slot_order(steps[0])
         weights = self.draw_weights(steps).to(device)
+        # on the device once, and only where the standard error reads them
+        spread = steps.to(device) if self.standard_error == "stratified" else None
         remaining = torch.ones(B, M, dtype=torch.bool, device=device)
         finished = remaining.sum(dim=1) <= 1
         stage = torch.zeros(B, M, device=device)
@@ -244,7 +246,7 @@ class Racing(Strategy):
             n, rounds = stop, rounds + 1
             stage = torch.where(active, float(rounds), stage)
             z = self._standardised(table.errors, weights, order[:n])
-            remaining &= ~self._drop(z, active, steps[:, order[:n]])
+            remaining &= ~self._drop(z, active, None if spread is None else spread[:, order[:n]])
             finished = finished | (remaining.sum(dim=1) <= 1)
         z = self._standardised(table.errors, weights, order[: max(n, 1)])
         return from_table(table, stage + remaining.float(), tiebreak=-torch.nanmean(z, dim=-1))
@@ -261,15 +263,15 @@ class Racing(Strategy):
         idx = torch.tensor(slots, dtype=torch.long, device=errors.device)
         return errors.index_select(2, idx) * weights.index_select(1, idx).unsqueeze(1)
 
-    def _drop(self, z: Tensor, active: Tensor, timesteps: Tensor) -> Tensor:
+    def _drop(self, z: Tensor, active: Tensor, timesteps: Tensor | None = None) -> Tensor:
         """``(B, M)``: active classes ``threshold`` standard errors worse than their image's leader
-        (``timesteps`` ``(B, n)``: those of ``z``'s draws, for the ``stratified`` standard error)."""
+        (``timesteps`` ``(B, n)``: those of ``z``'s draws, given for the ``stratified`` standard error)."""
         n = z.shape[-1]
         d = z.double()
         mean = d.mean(dim=-1)
         lead = mean.masked_fill(~active, math.inf).argmin(dim=1)
         diff = d - d.gather(1, lead.view(-1, 1, 1).expand(-1, 1, n))
-        if self.standard_error == "stratified":
+        if timesteps is not None:
             var = successive_difference_variance(diff, timesteps)
         else:
             var = diff.var(dim=-1, correction=1)
