@@ -66,7 +66,7 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
         task = load_diffusion_task(args.ckpt_path, dm)
     except (FileNotFoundError, TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
-    task.set_scoring(compile=args.compile)
+    task.set_scoring(compile=args.compile, antithetic=args.antithetic)
     strategy = Exhaustive(trials=args.draws)
     run = run_live(task, strategy, batches, keep_table=True)
     scorer = task.scorer()
@@ -467,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--limit", type=int, default=None, help="the first N images of the split")
     rec.add_argument("--draws", type=int, default=250, help="draws per class of the reference")
     rec.add_argument("--compile", action="store_true", help="score with torch.compile")
+    rec.add_argument("--antithetic", action="store_true", help="draws in antithetic pairs (eps, -eps)")
     rec.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     rec.add_argument("--out", required=True, help="the table's .pt file")
     ev = sub.add_parser("evaluate", help="fit on the training table, replay on the test table, time the winner")

@@ -375,3 +375,43 @@ def test_a_custom_draw_order_moves_the_grid_positions_and_nothing_else() -> None
     for bad in ([0] * n, list(range(n - 1)), list(range(1, n + 1))):
         with pytest.raises(ValueError, match=r"permutation of range\(max_draws=12\)"):
             make(max_draws=n, order=bad)
+
+
+@pytest.mark.parametrize("max_draws", [12, 13])
+def test_antithetic_pairs_negate_the_noise_at_neighbouring_timesteps_and_share_a_view(max_draws: int) -> None:
+    index, x, cand = torch.tensor([2, 9]), images(2), torch.tensor([1, 5])
+    anti = make(max_draws=max_draws, antithetic=True, flip_views=True)
+    plain = make(max_draws=max_draws)
+    eps, t, views = anti.noise(index, 0, max_draws, SHAPE), anti.timesteps(index), anti.mirrored()
+    pairs = max_draws // 2
+    grid = sorted(plain.timesteps(index)[0].tolist())
+    # Same grid, all draws together; partners at neighbouring grid positions, pairs spread like the plain order.
+    assert sorted(t[0].tolist()) == grid
+    for m in range(pairs):
+        assert torch.equal(eps[:, 2 * m + 1], -eps[:, 2 * m])
+        assert grid.index(int(t[0, 2 * m + 1])) == grid.index(int(t[0, 2 * m])) + 1
+        assert views[2 * m] == views[2 * m + 1]
+    assert [grid.index(int(v)) // 2 for v in t[0, : 2 * pairs : 2]] == spread_order(pairs)
+    # The first draw of each pair keeps its own noise; an odd last draw is unpaired.
+    assert torch.equal(eps[:, ::2], plain.noise(index, 0, max_draws, SHAPE)[:, ::2])
+    if max_draws % 2:
+        assert t[0, -1] == grid[-1] and not torch.equal(eps[:, -1], -eps[:, -2])
+    # Pairs split the two views evenly; a partial call is the slice of a full one.
+    assert abs(2 * int(views.sum()) - max_draws) <= 2
+    assert torch.equal(anti.noise(index, 3, 7, SHAPE), eps[:, 3:7])
+    # The errors are those of the draws: partners (same x, -eps) give different errors.
+    table = anti.new_table(x, cand)
+    anti.score(table, x, index, 0, max_draws)
+    hand = hand_errors(make(max_draws=max_draws, antithetic=True), x, index, cand, max_draws)
+    torch.testing.assert_close(table.errors[..., ~views].double(), hand[..., ~views], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(table.errors[..., 0], table.errors[..., 1])
+
+
+def test_antithetic_refuses_what_it_cannot_pair() -> None:
+    with pytest.raises(ValueError, match="design even or stratified"):
+        make(antithetic=True, design="uniform")
+    with pytest.raises(ValueError, match="no noise bank"):
+        make(antithetic=True, noise_bank=torch.zeros(12, *SHAPE))
+    with pytest.raises(ValueError, match="own pair order"):
+        make(antithetic=True, order=spread_order(12))
+    assert make(max_draws=12, antithetic=True, design="stratified").timesteps(torch.tensor([0])).shape == (1, 12)

@@ -37,6 +37,12 @@ Design choices and why:
   which splits every run of consecutive draws, such as a stage, likewise). It costs nothing (the same
   number of forwards) and averages the model's own error over the two views; classes stay paired because a
   draw's view, like its ``(t, eps)``, is the same for every class.
+- **Antithetic noise (optional)**: with ``antithetic`` draw ``2m + 1`` takes ``-eps`` of draw ``2m`` at the
+  neighbouring grid position (same view), the pairs visited in the spread order. For a fixed ``x`` and ``t`` the
+  denoising error is far from odd in ``eps``, yet the decisive class difference of a pair's halves correlates
+  negatively (-0.36 for Fashion-MNIST, ``benchmarks/results/error_control/antithetic_fashion.md``): a pair's mean
+  has less variance than two independent draws' (Hammersley & Morton 1956). All draws still cover the same grid;
+  strategies that estimate a standard error treat a pair as one unit.
 - **Results live in a** :class:`ScoreTable` holding every per-draw error (NaN where not scored):
   the paired t-test needs classes paired on the same draws, and sums, squared sums and counts
   (what any strategy needs to continue a table later) are derived from it deterministically,
@@ -89,6 +95,16 @@ def spread_order(n: int) -> list[int]:
     bits = max(1, (n - 1).bit_length())
     rev = (int(format(k, f"0{bits}b")[::-1], 2) for k in range(1 << bits))
     return [r for r in rev if r < n]
+
+
+def antithetic_order(n: int) -> list[int]:
+    """Grid positions in antithetic pairs: draws ``2m`` and ``2m + 1`` at neighbouring positions ``2p, 2p + 1``,
+    the pairs in :func:`spread_order` (an odd ``n`` ends with the unpaired last position), so every even prefix
+    holds whole pairs spread over the range."""
+    if n < 1:
+        raise ValueError(f"need n >= 1 positions, got {n}")
+    out = [q for p in (spread_order(n // 2) if n >= 2 else []) for q in (2 * p, 2 * p + 1)]
+    return out + [n - 1] if n % 2 else out
 
 
 def even_grid(n: int, lo: int, hi: int) -> list[int]:
@@ -160,6 +176,7 @@ class ScoringOptions:
         weight_rate: the ``rate`` of ``exp`` weighting.
         t_range: ``(lo, hi)`` narrows the timesteps to ``[lo, hi)`` (default ``[0, T)``).
         flip_views: half of the draws see the image mirrored left-right (models trained with flips only).
+        antithetic: draws come in pairs ``(eps, -eps)`` at neighbouring timesteps (see :class:`Scorer`).
         batch_size: denoiser evaluations per forward.
         precision: ``bf16`` runs the denoiser under autocast (errors accumulate in fp32); ``auto`` chooses
             bf16 on a device with native bf16 and fp32 elsewhere (:mod:`diffclf.diffusion.precision`).
@@ -174,6 +191,7 @@ class ScoringOptions:
     weight_rate: float = 7.0
     t_range: tuple[int, int] | None = None
     flip_views: bool = False
+    antithetic: bool = False
     batch_size: int = 512
     precision: Literal["32", "bf16", "auto"] = "32"
     compile: bool = False
@@ -191,7 +209,7 @@ class ScoringOptions:
         return {
             "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
             "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
-            "batch_size": self.batch_size, "autocast_dtype": torch.bfloat16 if precision == "bf16" else None,
+            "antithetic": self.antithetic, "batch_size": self.batch_size, "autocast_dtype": torch.bfloat16 if precision == "bf16" else None,
         }
 
     def record(self, device: torch.device | str = "cpu") -> dict[str, object]:
@@ -204,6 +222,8 @@ class ScoringOptions:
             "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
             "precision": precision, "compile": self.compile, "temperature": self.temperature,
         }
+        if self.antithetic:  # only when on, so records written before the option existed still compare equal
+            out["antithetic"] = True
         if why is not None:
             out["precision_auto"] = why
         return out
@@ -251,6 +271,9 @@ class Scorer:
             sees the same variant on the same draw (still a paired comparison).
         noise_bank: ``(n, C, H, W)`` noise, draw ``k`` = row ``k`` for every image (the official
             Diffusion Classifier's ``--noise_path`` file), instead of drawing it from the seed.
+        antithetic: draw ``2m + 1`` has the noise ``-eps`` of draw ``2m`` and the neighbouring grid position (or
+            stratum), and the same view; the pairs follow :func:`antithetic_order`. Needs the ``even`` or
+            ``stratified`` design, the default order and the scorer's own noise (no ``noise_bank``).
     """
 
     def __init__(
@@ -274,6 +297,7 @@ class Scorer:
         order: list[int] | None = None,
         variants: int = 1,
         noise_bank: Tensor | None = None,
+        antithetic: bool = False,
     ) -> None:
         for name, value, allowed in (
             ("design", design, DESIGNS),
@@ -321,7 +345,18 @@ class Scorer:
                 )
             noise_bank = noise_bank.detach().float().cpu()
         self.noise_bank = noise_bank
-        default = spread_order(self.max_draws)
+        self.antithetic = bool(antithetic)
+        if self.antithetic and (design == "uniform" or noise_bank is not None):
+            raise ValueError(
+                "antithetic noise pairs neighbouring timesteps of the scorer's own draws: it needs design even or "
+                f"stratified (got {design}) and no noise bank"
+            )
+        default = antithetic_order(self.max_draws) if self.antithetic else spread_order(self.max_draws)
+        if self.antithetic and order is not None and [int(p) for p in order] != default:
+            raise ValueError(
+                "antithetic noise needs the scorer's own pair order; a strategy with its own draw order "
+                "(adaptive, schedule official) scores without antithetic"
+            )
         if order is None:
             order = default
         else:
@@ -339,7 +374,10 @@ class Scorer:
         self.flip_views = bool(flip_views)
         # Thue-Morse views: of the grid position in the default order (whose bit reversal keeps the set
         # bits), of the draw index in a strategy's own order (its stages are runs of consecutive draws).
+        # Antithetic partners share their view: the key is the pair's position.
         keys = self._order.tolist() if self._default_order else range(self.max_draws)
+        if self.antithetic:
+            keys = [p // 2 for p in keys]
         self._mirrored = torch.tensor([p.bit_count() % 2 == 1 for p in keys])
         self._shared_t = self._draw_t(_SHARED_KEY) if noise == "shared" else None
         self._last_device: torch.device | None = None
@@ -428,8 +466,11 @@ class Scorer:
     def _draw_eps(self, key: int, start: int, stop: int, shape: tuple[int, ...], out: Tensor) -> None:
         gen = torch.Generator()
         for j, k in enumerate(range(start, stop)):
-            gen.manual_seed(mix_seed(self.seed, key, k, _STREAM_EPS))
+            partner = self.antithetic and k % 2 == 1  # -eps of draw k - 1
+            gen.manual_seed(mix_seed(self.seed, key, k - 1 if partner else k, _STREAM_EPS))
             torch.randn(shape, generator=gen, out=out[j])
+            if partner:
+                out[j].neg_()
 
     def noise(self, index: Tensor, start: int, stop: int, shape: tuple[int, ...] | torch.Size) -> Tensor:
         """``(B, stop-start, *shape)`` fp32 CPU noise of draws ``[start, stop)`` of each dataset index."""
