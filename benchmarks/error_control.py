@@ -4,8 +4,12 @@
     python benchmarks/error_control.py record --ckpt_path CKPT --data fashion_mnist --data_arg image_size=28 \\
         --split test --limit 1000 --out benchmarks/results/error_control/tables/fashion_test.pt
     python benchmarks/error_control.py record ... --split train --limit 500 --out .../fashion_train.pt
+    # (optional) the same images' antithetic draws, pairs (eps, -eps) at neighbouring t, for the `anti` rows
+    python benchmarks/error_control.py record ... --antithetic --out .../fashion_test_antithetic.pt
+    python benchmarks/error_control.py record ... --split train --limit 500 --antithetic --out .../fashion_train_antithetic.pt
     # 2. fit the racing knobs on the training table, replay every strategy on the test table, time the winner
     python benchmarks/error_control.py evaluate --train .../fashion_train.pt --test .../fashion_test.pt \\
+        [--antithetic_train .../fashion_train_antithetic.pt --antithetic_test .../fashion_test_antithetic.pt] \\
         --ckpt_path CKPT --data fashion_mnist --data_arg image_size=28 --out benchmarks/results/error_control/fashion
 
 The draws of an image depend only on (seed, dataset index, max_draws, draw order), so every strategy with
@@ -209,6 +213,49 @@ def stratified_grid(scale: list[float], draws: int) -> list[tuple[str, Strategy]
     return out
 
 
+ANTITHETIC_MIN_TRIALS = (4, 6)
+
+
+def antithetic_grid(scale: list[float], draws: int) -> list[tuple[str, Strategy]]:
+    """The pooled racing rows of :func:`stratified_grid` on antithetic draws: whole pairs (min 4 or 6 draws, two
+    per round), the pair means as the standard error's units; with the t rule, each of the stratified standard
+    error and the tiers alone too, and caps of 50 and 100 for alpha >= 0.02; and the pooled t-test on pairs."""
+    tiers = timestep_tiers(scale)
+    both = {"timestep_snr": tiers, "standard_error": "stratified"}
+    out: list[tuple[str, Strategy]] = []
+    for thr in STRATIFIED_THRESHOLDS:
+        for n0 in ANTITHETIC_MIN_TRIALS:
+            out.append(
+                (
+                    f"racing anti pooled+strat+tiers z={thr} min={n0}",
+                    Racing(threshold=thr, min_trials=n0, max_trials=draws, round_size=2, variance="pooled",
+                           antithetic=True, **both),
+                )
+            )
+    for alpha in STRATIFIED_ALPHAS:
+        z = statistics.NormalDist().inv_cdf(1 - alpha / 2)
+        for label, kw in (("pooled+strat+tiers", both), ("pooled+strat", {"standard_error": "stratified"}),
+                          ("pooled+tiers", {"timestep_snr": tiers})):
+            for cap in (None, 50, 100) if label == "pooled+strat+tiers" and alpha >= 0.02 else (None,):
+                if cap is not None and cap >= draws:
+                    continue
+                out.append(
+                    (
+                        _capped(f"racing anti {label} t a={alpha} min=4", cap),
+                        Racing(threshold=z, min_trials=4, max_trials=draws, round_size=2, variance="pooled",
+                               critical="t", trial_cap=cap, antithetic=True, **kw),
+                    )
+                )
+        out.append(
+            (
+                f"ttest pooled anti a={alpha} min=4",
+                PairedTTest(alpha=alpha, min_trials=4, max_trials=draws, round_size=2, variance="pooled",
+                            antithetic=True),
+            )
+        )
+    return out
+
+
 def pooled_ttest_grid(draws: int) -> list[tuple[str, Strategy]]:
     """The paired t-test on the image's pooled variance (its critical value still from ``n - 1`` dof: strict
     early, near 2 late), one draw per round, with and without a draw cap."""
@@ -258,32 +305,53 @@ def load_table(path: str) -> dict:
     return table
 
 
-def replayed(task, batches, table: dict, strategies: list[tuple[str, Strategy]]) -> list[dict]:
-    """Rows of every strategy replayed from ``table`` against its exhaustive reference."""
+def is_antithetic(table: dict) -> bool:
+    """Whether ``table`` was recorded with antithetic draws (``record --antithetic``)."""
+    return bool(table["meta"]["scoring"].get("antithetic", False))
+
+
+def replayed(
+    task, batches, table: dict, strategies: list[tuple[str, Strategy]], reference: dict | None = None
+) -> list[dict]:
+    """Rows of every strategy replayed from ``table`` against the exhaustive reference (``reference``'s, default
+    ``table``'s own: an antithetic table's strategies are judged against the plain exhaustive-250)."""
     index = torch.cat([b[2] for b in batches])
     if not torch.equal(index, table["index"]):
         raise SystemExit("error: the data's images are not the table's (other --data, --data_arg or --limit?)")
-    ref = {k: table[k] for k in ("pred", "target", "forwards", "index")}
-    scorer = ReplayScorer.from_run(table["errors"], table["index"], task.num_model_classes)
+    reference = table if reference is None else reference
+    ref = {k: reference[k] for k in ("pred", "target", "forwards", "index")}
+    task.set_scoring(antithetic=is_antithetic(table))  # so that the task keeps the replay as its scorer
+    scorer = ReplayScorer.from_run(
+        table["errors"], table["index"], task.num_model_classes, antithetic=is_antithetic(table)
+    )
     if not torch.equal(scorer.timesteps(index[:1])[0], table["timesteps"]):
         raise SystemExit("error: the table's timesteps are not the replay's (a design other than `even`?)")
     rows = []
     for name, strategy in strategies:
-        rows.append(summarise(name, strategy, run_replay(task, strategy, batches, scorer), ref))
+        run = run_replay(task, strategy, batches, scorer)
+        row = summarise(name, strategy, run, ref)
+        # what error control controls: how often it keeps the answer of all its own draws
+        row["agreement_own"] = float((run["pred"] == table["pred"]).double().mean())
+        rows.append(row)
     return rows
 
 
-def choose(rows: list[dict], max_drop_points: float, min_agreement: float) -> dict:
-    """The cheapest candidate row within ``max_drop_points`` of exhaustive and ``min_agreement`` with it."""
+def choose(
+    rows: list[dict], max_drop_points: float, min_agreement: float, candidates: tuple[str, ...] = CANDIDATES
+) -> dict:
+    """The cheapest candidate row (its name starts with one of ``candidates``) within ``max_drop_points`` of
+    the reference exhaustive and ``min_agreement`` with the exhaustive answer of its own draws (for an antithetic
+    row the antithetic table's: two exhaustive runs on other noise differ on near-ties, so agreement with the plain
+    one would measure the noise, not the stopping rule)."""
     ok = [
         r for r in rows
-        if r["name"].startswith(CANDIDATES)
+        if r["name"].startswith(candidates)
         and r["accuracy_diff_points"] >= -max_drop_points
-        and r["agreement"] >= min_agreement
+        and r["agreement_own"] >= min_agreement
     ]
     if not ok:
         raise SystemExit(
-            f"error: no racing or pooled t-test setting is within {max_drop_points} points and "
+            f"error: no setting named {' or '.join(candidates)}... is within {max_drop_points} points and "
             f"{100 * min_agreement}% agreement on the training images; widen the grid"
         )
     return min(ok, key=lambda r: (r["forwards_per_image"], -r["accuracy"]))
@@ -295,15 +363,30 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     train, test = load_table(args.train), load_table(args.test)
-    for option, table, split in (("--train", train, "train"), ("--test", test, "test")):
+    if (args.antithetic_train is None) != (args.antithetic_test is None):
+        raise SystemExit("error: --antithetic_train and --antithetic_test come together (fit on one, replay the other)")
+    anti_train = None if args.antithetic_train is None else load_table(args.antithetic_train)
+    anti_test = None if args.antithetic_test is None else load_table(args.antithetic_test)
+    tables = [("--train", train, "train", False), ("--test", test, "test", False)]
+    if anti_train is not None:
+        tables += [("--antithetic_train", anti_train, "train", True), ("--antithetic_test", anti_test, "test", True)]
+    for option, table, split, anti in tables:
+        if is_antithetic(table) != anti:
+            raise SystemExit(
+                f"error: {option} {getattr(args, option[2:])}: expected a table recorded "
+                f"{'with' if anti else 'without'} --antithetic"
+            )
+        if anti and not torch.equal(table["index"], (train if split == "train" else test)["index"]):
+            raise SystemExit(f"error: {option} {getattr(args, option[2:])}: not the images of --{split}")
         if table["meta"]["split"] != split:
             raise SystemExit(
                 f"error: {option} {getattr(args, option[2:])}: recorded on the {table['meta']['split']} split, "
                 f"expected {split} (knobs are fitted on training images only)"
             )
     draws = test["errors"].shape[-1]
-    if train["errors"].shape[-1] != draws:
-        raise SystemExit(f"error: --train has {train['errors'].shape[-1]} draws per class, --test {draws}")
+    for option, table, _, _ in tables:
+        if table["errors"].shape[-1] != draws:
+            raise SystemExit(f"error: {option} has {table['errors'].shape[-1]} draws per class, --test {draws}")
     overrides = parse_overrides(args.data_arg)
     try:
         dm, test_batches = split_batches(args.data, overrides, len(test["index"]), split="test")
@@ -316,15 +399,23 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     grid = racing_grid(scale, snr, draws) + pooled_ttest_grid(draws) + stratified_grid(scale, draws)
     print(f"fitted on {len(train['index'])} training images: scale {scale}, snr {snr}", flush=True)
     train_rows = replayed(task, train_batches, train, grid)
-    chosen = choose(train_rows, args.max_drop_points, args.min_agreement)
-    by_name = dict(grid)
+    anti_grid: list[tuple[str, Strategy]] = []
+    if anti_train is not None:
+        anti_scale, _ = fit_timestep_profile(anti_train["errors"], anti_train["timesteps"], args.bins, T)
+        anti_grid = antithetic_grid(anti_scale, draws)
+        train_rows += replayed(task, train_batches, anti_train, anti_grid, reference=train)
+    chosen = choose(train_rows, args.max_drop_points, args.min_agreement, tuple(args.choose_from))
+    by_name = dict(grid + anti_grid)
     strategy = by_name[chosen["name"]]
     print(f"chosen on the training images: {chosen['name']} ({chosen['forwards_per_image']:.1f} forwards)", flush=True)
 
     peers = peer_strategies(draws)
     test_rows = replayed(task, test_batches, test, [("exhaustive", Exhaustive(trials=draws)), *peers, *grid])
+    if anti_test is not None:
+        anti_rows = [("exhaustive anti", Exhaustive(trials=draws)), *anti_grid]
+        test_rows += replayed(task, test_batches, anti_test, anti_rows, reference=test)
     mark_pareto(test_rows)
-    task.set_scoring(compile=args.compile)
+    task.set_scoring(compile=args.compile, antithetic=False)  # the chosen strategy asks for pairs if it needs them
     live = run_live(task, strategy, test_batches)
     ref = {k: test[k] for k in ("pred", "target", "forwards", "index")}
     live_row = summarise(f"{chosen['name']} (live)", strategy, live, ref)
@@ -352,10 +443,16 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "data": args.data,
         "train_table": {"path": args.train, **train["meta"]},
         "test_table": {"path": args.test, **test["meta"]},
+        **(
+            {"antithetic_train_table": {"path": args.antithetic_train, **anti_train["meta"]},
+             "antithetic_test_table": {"path": args.antithetic_test, **anti_test["meta"]}}
+            if anti_train is not None else {}
+        ),
         "exhaustive_seconds_per_image": exh_s,
         "fit_rule": (
-            f"cheapest racing or pooled t-test setting within {args.max_drop_points} points of "
-            f"exhaustive-{draws} and >= {100 * args.min_agreement}% agreement with it on the training images"
+            f"cheapest setting named {' or '.join(args.choose_from)}... within {args.max_drop_points} points of "
+            f"exhaustive-{draws} and >= {100 * args.min_agreement}% agreement with the exhaustive answer of its own "
+            "draws on the training images"
         ),
     }
     result = {
@@ -420,6 +517,15 @@ def markdown(result: dict) -> str:
         (f"- knobs fitted on {result['chosen']['train']['images']} training images (`{meta['train_table']['command']}`): "
         f"{meta['fit_rule']}. The checkpoint trained on those images, so the fit sees an easier problem than the test."),
         f"- command: `{meta['command']}`",
+    ]
+    if "antithetic_test_table" in meta:
+        anti = meta["antithetic_test_table"]
+        lines.append(
+            f"- rows named `anti` (and `exhaustive anti`) replay the same images' antithetic draws (pairs (eps, -eps) "
+            f"at neighbouring t), recorded by `{anti['command']}` and "
+            f"`{meta['antithetic_train_table']['command']}`; they are judged against the plain exhaustive-250 above"
+        )
+    lines += [
         "",
         f"Chosen: **{result['chosen']['name']}** = `{result['chosen']['strategy']}`.",
         "",
@@ -440,16 +546,17 @@ def markdown(result: dict) -> str:
         "",
         "## Every strategy, replayed on the test images (knobs not chosen here; * = Pareto-optimal)",
         "",
-        "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. |",
-        "|---|---|---|---|---|---|",
+        ("| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | own exh. agreement % | forwards/image "
+         "| % of exh. |"),
+        "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["test"], key=lambda r: r["forwards_per_image"]):
         mark = "*" if r.get("pareto") else ""
         bold = "**" if r["name"] == result["chosen"]["name"] else ""
         lines.append(
             f"| {mark}{bold}{r['name']}{bold} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
-            f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {r['forwards_per_image']:.1f} "
-            f"| {r['forwards_pct_of_exhaustive']:.2f} |"
+            f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {100 * r['agreement_own']:.2f} "
+            f"| {r['forwards_per_image']:.1f} | {r['forwards_pct_of_exhaustive']:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -476,13 +583,19 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--ckpt_path", required=True, help="the checkpoint the tables were recorded with")
     ev.add_argument("--data", default="digits", help="data preset or YAML (as recorded)")
     ev.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
+    ev.add_argument("--antithetic_train", default=None, help="the training table recorded with --antithetic")
+    ev.add_argument("--antithetic_test", default=None, help="the test table recorded with --antithetic")
     ev.add_argument("--bins", type=int, default=10, help="timestep bins of the fitted profile")
     ev.add_argument("--max_drop_points", type=float, default=0.25, help="fit rule: accuracy points below exhaustive")
     ev.add_argument("--min_agreement", type=float, default=0.995, help="fit rule: agreement with exhaustive")
+    ev.add_argument("--choose_from", action="append", default=None,
+                    help="fit rule: only rows whose name starts with this (repeatable; default: racing, ttest pooled)")
     ev.add_argument("--compile", action="store_true", help="time the live run with torch.compile")
     ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ev.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md, OUT_preset.yaml")
     args = ap.parse_args(argv)
+    if args.command == "evaluate" and args.choose_from is None:
+        args.choose_from = list(CANDIDATES)
     keep_freed_memory()
     if args.command == "record":
         record(args, argv)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from diffclf.metrics.provenance import command_line, git, machine, utc_now
-from diffclf.strategies.base import successive_difference_variance
+from diffclf.strategies.base import antithetic_units, successive_difference_variance
 from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, split_batches
 
 SNR_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, float("inf"))
@@ -60,6 +60,14 @@ def table_summary(path: str) -> dict:
     ratio = successive_difference_variance(d.unsqueeze(1), ts).squeeze(1) / d.var(dim=-1)
     snr = d.mean(dim=-1) / d.std(dim=-1)
     exhaustive = errors.double().mean(dim=-1).argmin(dim=1)
+    pairs = None
+    if table["meta"].get("scoring", {}).get("antithetic"):
+        # Partners 2m, 2m + 1 (neighbouring t): the local variance of a pair's mean against half a draw's.
+        units, unit_t = antithetic_units(d, ts)
+        pair_ratio = successive_difference_variance(units.unsqueeze(1), unit_t).squeeze(1) / (
+            successive_difference_variance(d.unsqueeze(1), ts).squeeze(1) / 2
+        )
+        pairs = {q: float(pair_ratio.quantile(p)) for q, p in (("q10", 0.1), ("median", 0.5), ("q90", 0.9))}
     rows = []
     for lo, hi in itertools.pairwise(SNR_EDGES):
         sel = (snr >= lo) & (snr < hi)
@@ -77,6 +85,7 @@ def table_summary(path: str) -> dict:
         "stratified_over_iid_variance": {q: float(ratio.quantile(p)) for q, p in (("q10", 0.1), ("median", 0.5),
                                                                                  ("q90", 0.9))},
         "per_draw_snr": {"q10": float(snr.quantile(0.1)), "median": float(snr.median())},
+        "antithetic_pair_over_independent_local_variance": pairs,
         "near_ties": rows,
     }
 
@@ -92,7 +101,10 @@ def tables(args: argparse.Namespace, argv: list[str]) -> dict:
         r = s["stratified_over_iid_variance"]
         lines += [f"## {s['data']} {s['split']} ({s['images']} images, {s['draws']} draws per class)", "",
                   (f"variance ratio median {r['median']:.2f} (q10 {r['q10']:.2f}, q90 {r['q90']:.2f}); per-draw SNR "
-                   f"of the pair median {s['per_draw_snr']['median']:.2f} (q10 {s['per_draw_snr']['q10']:.2f})"), "",
+                   f"of the pair median {s['per_draw_snr']['median']:.2f} (q10 {s['per_draw_snr']['q10']:.2f})"
+                   + (f"; antithetic draws: a pair's local variance over two independent draws' median "
+                      f"{s['antithetic_pair_over_independent_local_variance']['median']:.2f}"
+                      if s["antithetic_pair_over_independent_local_variance"] else "")), "",
                   "| per-draw SNR | images | exhaustive acc. | " + " | ".join(f"first {m} draws" for m in FIXED_DRAWS
                                                                            if m < s["draws"]) + " |",
                   "|---|---|---|" + "---|" * sum(m < s["draws"] for m in FIXED_DRAWS)]

@@ -259,15 +259,71 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
         ])
 
 
+@needs_ckpt
+def test_error_control_fits_and_replays_antithetic_tables_against_the_plain_reference(tmp_path: Path) -> None:
+    common = ["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--draws", "8", "--threads", "1"]
+    for split, limit in (("test", "4"), ("train", "6")):
+        for anti in ("", "--antithetic"):
+            out = tmp_path / f"{split}{anti}.pt"
+            error_control.main(["record", *common, "--split", split, "--limit", limit, *[anti][:bool(anti)],
+                                "--out", str(out)])
+    plain, anti = (torch.load(tmp_path / f"test{a}.pt", weights_only=False) for a in ("", "--antithetic"))
+    assert anti["meta"]["scoring"]["antithetic"] is True and "antithetic" not in plain["meta"]["scoring"]
+    assert sorted(anti["timesteps"].tolist()) == sorted(plain["timesteps"].tolist())  # the same grid
+    assert not torch.equal(anti["errors"], plain["errors"])
+    tables = ["--train", str(tmp_path / "train.pt"), "--test", str(tmp_path / "test.pt")]
+    anti_tables = ["--antithetic_train", str(tmp_path / "train--antithetic.pt"),
+                   "--antithetic_test", str(tmp_path / "test--antithetic.pt")]
+    evaluate = ["evaluate", *tables, *anti_tables, "--ckpt_path", str(DIGITS_CKPT), "--data", "digits",
+                "--threads", "1", "--bins", "4", "--max_drop_points", "100", "--min_agreement", "0"]
+    error_control.main([*evaluate, "--choose_from", "racing anti", "--out", str(tmp_path / "ec")])
+    result = json.loads((tmp_path / "ec.json").read_text())
+    rows = {r["name"]: r for r in result["test"]}
+    assert result["chosen"]["name"].startswith("racing anti") and "antithetic=True" in result["chosen"]["strategy"]
+    assert result["live"]["replay_matches_live"] is True  # the live run drew the same antithetic pairs
+    exh = rows["exhaustive anti"]
+    assert exh["forwards_per_image"] == 80  # judged against the plain reference's predictions:
+    anti_pred = anti["errors"].mean(dim=-1).argmin(dim=1)
+    assert exh["agreement"] == float((anti_pred == plain["pred"]).double().mean())
+    assert "racing anti pooled+strat+tiers t a=0.02 min=4" in rows and "ttest pooled anti a=0.1 min=4" in rows
+    preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
+    assert preset["init_args"]["antithetic"] is True
+    with pytest.raises(SystemExit, match="--antithetic_test .*expected a table recorded with --antithetic"):
+        error_control.main([*evaluate[:5], *anti_tables[:2], "--antithetic_test", str(tmp_path / "test.pt"),
+                            *evaluate[9:], "--out", str(tmp_path / "bad")])
+
+
 def test_timestep_tiers_score_the_bins_that_move_the_mean_first() -> None:
     assert error_control.timestep_tiers([0.5, 1.0, 0.2, 0.09, 0.001]) == [1.0, 1.0, 1.0, 0.0, 0.0]
     assert error_control.timestep_tiers([0.5, 1.0, 0.2], share=0.6) == [0.0, 1.0, 0.0]
 
 
-def _write_table(path: Path, errors: torch.Tensor, target: torch.Tensor, times: torch.Tensor) -> str:
+def _write_table(
+    path: Path, errors: torch.Tensor, target: torch.Tensor, times: torch.Tensor, antithetic: bool = False
+) -> str:
+    scoring = {"antithetic": True} if antithetic else {}
     torch.save({"errors": errors, "target": target, "timesteps": times,
-                "meta": {"data": "synthetic", "split": "test"}}, path)
+                "meta": {"data": "synthetic", "split": "test", "scoring": scoring}}, path)
     return str(path)
+
+
+def test_variance_sources_measures_what_antithetic_pairs_save(tmp_path: Path) -> None:
+    """Partners whose noise is negatively correlated: their mean's local variance is under two independent draws';
+    the same errors with independent partners are not."""
+    g = torch.Generator().manual_seed(1)
+    n, k, d = 40, 3, 64
+    times = torch.arange(d) * 15  # draw order = t order: partners are neighbours
+    noise = torch.randn(n, k, d, generator=g, dtype=torch.float64)
+    anti = noise.clone()
+    anti[..., 1::2] = -0.7 * anti[..., 0::2] + 0.714 * anti[..., 1::2]
+    base = 5.0 + 0.3 * torch.arange(k, dtype=torch.float64).view(1, k, 1)
+    target = torch.zeros(n, dtype=torch.long)
+    paths = [_write_table(tmp_path / f"{name}.pt", (base + 0.2 * e).float(), target, times, antithetic=True)
+             for name, e in (("anti", anti), ("independent", noise))]
+    out = variance_sources.main(["tables", "--table", paths[0], "--table", paths[1], "--out", str(tmp_path / "vs")])
+    ratio = [t["antithetic_pair_over_independent_local_variance"]["median"] for t in out["tables"]]
+    assert ratio[0] < 0.5 and 0.7 < ratio[1] < 1.3
+    assert "a pair's local variance over two independent draws'" in (tmp_path / "vs.md").read_text()
 
 
 def test_variance_sources_separates_the_gaps_change_with_t_from_noise(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from diffclf.diffusion.schedule import NoiseSchedule
-from diffclf.diffusion.scoring import Scorer
+from diffclf.diffusion.scoring import Scorer, antithetic_order
 from diffclf.strategies import Exhaustive, PairedTTest, Racing, fit_timestep_profile
 from diffclf.strategies.base import successive_difference_variance
 from diffclf.strategies.replay import ReplayScorer
@@ -43,14 +43,15 @@ def von_neumann_variance(diffs, times):
 
 def reference_racing(
     errors, timesteps, threshold, min_trials, round_size, scale=None, snr=None, T=1000, pooled=False, cap=None,
-    stratified=False, t_critical=False,
+    stratified=False, t_critical=False, antithetic=False,
 ):
     """An image-at-a-time racing loop written from the method's description, not from the package.
 
     ``pooled``: every rival is tested with the lower median of the rivals' paired variances; ``cap``: the
     most draws any class gets; ``stratified``: variances are von Neumann's, over the scored draws in
     timestep order; ``t_critical``: the threshold is scipy's Student-t quantile (``n - 1`` dof) at the
-    threshold's normal tail probability.
+    threshold's normal tail probability; ``antithetic``: draws ``2m, 2m + 1`` are partners, ordered by the pair's
+    best priority, and every statistic is over the pair means (``n`` = pairs, a pair's time its first draw's).
     """
     out_pred, out_fwd = [], []
     D = errors.shape[-1]
@@ -58,7 +59,11 @@ def reference_racing(
     bins = len(scale or snr or [1])
     b = [min(int(float(t) * bins / T), bins - 1) for t in timesteps]
     w = [1.0 / scale[j] for j in b] if scale else [1.0] * D
-    order = sorted(range(D), key=lambda k: -snr[b[k]]) if snr else list(range(D))
+    if antithetic:
+        prio = [max(snr[b[2 * m]], snr[b[2 * m + 1]]) if snr else 0.0 for m in range(D // 2)]
+        order = [k for m in sorted(range(D // 2), key=lambda m: -prio[m]) for k in (2 * m, 2 * m + 1)]
+    else:
+        order = sorted(range(D), key=lambda k: -snr[b[k]]) if snr else list(range(D))
     for e in errors.double().tolist():
         alive = list(range(len(e)))
         n, fwd = 0, 0
@@ -69,8 +74,12 @@ def reference_racing(
             z = {c: [e[c][k] * w[k] for k in order[:n]] for c in alive}
             lead = min(alive, key=lambda c: sum(z[c]) / n)
             diffs = {c: [a - bb for a, bb in zip(z[c], z[lead])] for c in alive}
+            times = [timesteps[k] for k in order[:n]]
+            if antithetic:
+                diffs = {c: [(d[i] + d[i + 1]) / 2 for i in range(0, n, 2)] for c, d in diffs.items()}
+                times = times[::2]
+            units = len(times)
             if stratified:
-                times = [timesteps[k] for k in order[:n]]
                 var_of = {c: von_neumann_variance(d, times) for c, d in diffs.items()}
             else:
                 var_of = {c: statistics.variance(d) for c, d in diffs.items()}
@@ -80,10 +89,10 @@ def reference_racing(
             keep = []
             for c in alive:
                 d = diffs[c]
-                m = sum(d) / n
+                m = sum(d) / units
                 var = var_of[c]
-                stat = m / math.sqrt(var / n) if var > 0 else (math.inf if m > 0 else math.nan)
-                limit = scipy_stats.t.ppf(scipy_stats.norm.cdf(threshold), n - 1) if t_critical else threshold
+                stat = m / math.sqrt(var / units) if var > 0 else (math.inf if m > 0 else math.nan)
+                limit = scipy_stats.t.ppf(scipy_stats.norm.cdf(threshold), units - 1) if t_critical else threshold
                 if not stat > limit:
                     keep.append(c)
             alive = keep
@@ -312,3 +321,87 @@ def test_racing_needs_a_scorer_with_its_draws():
     errors, _ = synthetic_table()
     with pytest.raises(ValueError, match="max_draws"):
         classify(Racing(max_trials=D + 10), errors)
+
+
+def antithetic_table(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Errors of antithetic draws: a partner's noise is -0.6 times its pair's first draw's plus fresh noise, on
+    top of a gap that changes with t; ``(N, K, D)`` in an antithetic replay's draw order, and the true class."""
+    g = torch.Generator().manual_seed(seed)
+    t = ReplayScorer(torch.zeros(1, K, D), {0: 0}, K, antithetic=True).timesteps(torch.tensor([0]))[0].double()
+    target = torch.randint(0, K, (N,), generator=g)
+    gap = 0.2 * torch.rand(N, K, 1, generator=g, dtype=torch.float64) + 0.05
+    gap[torch.arange(N), target] = 0.0
+    noise = torch.randn(N, K, D, generator=g, dtype=torch.float64)
+    noise[..., 1::2] = -0.6 * noise[..., 0::2] + 0.8 * noise[..., 1::2]
+    return (2.0 + gap * (1.0 + torch.cos(2 * math.pi * t / 1000)) + 0.5 * noise * gap.sqrt()).float(), target
+
+
+def classify_antithetic(strategy, errors, antithetic=True):
+    index = torch.arange(N)
+    order = None if antithetic else antithetic_order(D)
+    scorer = ReplayScorer.from_run(errors, index, K, order=order, antithetic=antithetic)
+    return strategy.classify(scorer, torch.zeros(N, 1, 2, 2), index), scorer
+
+
+@pytest.mark.parametrize("stratified,critical,profile", [(False, "z", False), (True, "t", True), (True, "z", False)])
+def test_antithetic_racing_matches_an_independent_reimplementation(stratified, critical, profile):
+    errors, _ = antithetic_table(11)
+    ts = ReplayScorer(errors, {i: i for i in range(N)}, K, antithetic=True).timesteps(torch.tensor([0]))[0]
+    snr = [1.0, 0.0, 1.0, 1.0, 0.0] if profile else None  # a pair straddles a bin edge: it keeps the higher
+    se = "stratified" if stratified else "iid"
+    strategy = Racing(2.0, 4, D, 2, timestep_snr=snr, variance="pooled", critical=critical, standard_error=se,
+                      antithetic=True)
+    result, _ = classify_antithetic(strategy, errors)
+    pred, fwd = reference_racing(errors, ts.tolist(), 2.0, 4, 2, None, snr, pooled=True, stratified=stratified,
+                                 t_critical=critical == "t", antithetic=True)
+    assert torch.equal(result.pred, pred)
+    assert torch.equal(result.forwards, fwd)
+    # Counting pairs as units is what pays: the same draws tested as if independent keep rivals longer.
+    plain = Racing(2.0, 4, D, 2, timestep_snr=snr, variance="pooled", critical=critical, standard_error=se)
+    as_iid, _ = classify_antithetic(plain, errors, antithetic=False)
+    assert fwd.sum() < as_iid.forwards.sum()
+
+
+def test_antithetic_t_test_is_the_pooled_t_racing_rule_on_pairs():
+    errors, _ = antithetic_table(12)
+    for alpha in (0.02, 0.1):
+        z = float(scipy_stats.norm.isf(alpha / 2))
+        raced, _ = classify_antithetic(Racing(z, 4, D, 2, variance="pooled", critical="t", antithetic=True), errors)
+        tested, _ = classify_antithetic(
+            PairedTTest(alpha=alpha, min_trials=4, max_trials=D, round_size=2, variance="pooled", antithetic=True),
+            errors,
+        )
+        assert torch.equal(raced.num_draws, tested.num_draws) and torch.equal(raced.pred, tested.pred)
+
+
+def test_antithetic_strategies_refuse_half_pairs_and_plain_scorers():
+    for kwargs in ({"min_trials": 2}, {"min_trials": 5}, {"round_size": 3}, {"trial_cap": 7}):
+        with pytest.raises(ValueError, match="tests whole pairs"):
+            Racing(max_trials=D, antithetic=True, **{"min_trials": 4, "round_size": 2, **kwargs})
+    with pytest.raises(ValueError, match="tests whole pairs"):
+        PairedTTest(max_trials=D, min_trials=4, round_size=1, antithetic=True)
+    errors, _ = antithetic_table(13)
+    with pytest.raises(ValueError, match="build the scorer with antithetic=True"):
+        classify(Racing(2.0, 4, D, 2, antithetic=True), errors)
+    # A plain strategy on an antithetic scorer still tests pairs, and refuses odd counts there.
+    with pytest.raises(ValueError, match="tests whole pairs"):
+        classify_antithetic(Racing(2.0, 3, D, 1), errors)
+
+
+def test_a_task_builds_the_scorer_its_strategy_asks_for():
+    from diffclf.diffusion.scoring import ScoringOptions
+    from diffclf.tasks.diffusion import DiffusionClassifier
+
+    anti = Racing(2.0, 4, 8, 2, variance="pooled", antithetic=True)
+    task = DiffusionClassifier(model="DiT-T/2", input_size=8, in_channels=1, num_classes=10, learn_sigma=False,
+                               strategy=anti)
+    assert task.scorer().antithetic
+    x, index = torch.randn(3, 1, 8, 8), torch.arange(3)
+    scored = anti.classify(task.scorer(), x, index)
+    assert (scored.num_draws % 2 == 0).all() and scored.num_draws.max() >= 4
+    task.strategy = Racing(2.0, 4, 8, 2, variance="pooled")
+    assert not task.scorer().antithetic  # rebuilt for the plain strategy
+    task.set_scoring(antithetic=True)
+    assert task.scorer().antithetic
+    assert ScoringOptions().record("cpu", antithetic=True)["antithetic"] is True
+    assert "antithetic" not in ScoringOptions().record("cpu")

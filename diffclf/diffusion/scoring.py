@@ -203,26 +203,29 @@ class ScoringOptions:
         if self.precision not in ("32", "bf16", "auto"):
             raise ValueError(f"scoring.precision must be '32', 'bf16' or 'auto', got {self.precision!r}")
 
-    def scorer_kwargs(self, device: torch.device | str = "cpu") -> dict[str, object]:
-        """The :class:`Scorer` keyword arguments these options set for a denoiser on ``device``."""
+    def scorer_kwargs(self, device: torch.device | str = "cpu", antithetic: bool = False) -> dict[str, object]:
+        """The :class:`Scorer` keyword arguments these options set for a denoiser on ``device`` (``antithetic``:
+        the strategy asks for antithetic pairs, whatever these options say)."""
         precision, _ = resolve_precision(self.precision, device)
         return {
             "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
             "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
-            "antithetic": self.antithetic, "batch_size": self.batch_size, "autocast_dtype": torch.bfloat16 if precision == "bf16" else None,
+            "antithetic": self.antithetic or antithetic, "batch_size": self.batch_size,
+            "autocast_dtype": torch.bfloat16 if precision == "bf16" else None,
         }
 
-    def record(self, device: torch.device | str = "cpu") -> dict[str, object]:
+    def record(self, device: torch.device | str = "cpu", antithetic: bool = False) -> dict[str, object]:
         """The options that can change a result, as stored in results records and prediction manifests
         (``batch_size`` cannot: draws do not depend on batching). ``precision`` is the one that ran on
-        ``device``; ``auto`` adds ``precision_auto``, the reason for the choice."""
+        ``device``; ``auto`` adds ``precision_auto``, the reason for the choice; ``antithetic`` as in
+        :meth:`scorer_kwargs`."""
         precision, why = resolve_precision(self.precision, device)
         out: dict[str, object] = {
             "design": self.design, "noise": self.noise, "error": self.error, "weighting": self.weighting,
             "weight_rate": self.weight_rate, "t_range": self.t_range, "flip_views": self.flip_views,
             "precision": precision, "compile": self.compile, "temperature": self.temperature,
         }
-        if self.antithetic:  # only when on, so records written before the option existed still compare equal
+        if self.antithetic or antithetic:  # only when on: records written before the option still compare equal
             out["antithetic"] = True
         if why is not None:
             out["precision_auto"] = why
@@ -383,6 +386,14 @@ class Scorer:
         self._last_device: torch.device | None = None
         self._views: tuple[Tensor, Tensor] | None = None
         self._device_tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def serves(self, max_draws: int, order: list[int] | None, antithetic: bool, device: torch.device) -> bool:
+        """Whether a strategy with these draws, draw order and noise pairing can score with this scorer on
+        ``device`` (the tasks rebuild their scorer when not)."""
+        return (
+            self.max_draws == max_draws and self.has_order(order) and self.antithetic == antithetic
+            and self.device == device
+        )
 
     def has_order(self, order: list[int] | None) -> bool:
         """Whether draw ``k`` lies at grid position ``order[k]`` (None: the default :func:`spread_order`)."""

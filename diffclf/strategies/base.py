@@ -157,6 +157,37 @@ def successive_difference_variance(diff: Tensor, timesteps: Tensor) -> Tensor:
     return (d[..., 1:] - d[..., :-1]).square().sum(dim=-1) / (2 * (n - 1))
 
 
+def antithetic_units(values: Tensor, timesteps: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """``values`` ``(..., n)`` (``n`` even) with antithetic partners ``2m, 2m + 1`` averaged into ``(..., n / 2)``
+    units, and each unit's timestep (its first draw's; ``timesteps`` ``(B, n)``).
+
+    Why: the halves of an antithetic pair (``eps``, ``-eps``) are negatively correlated, so the variance of a
+    mean over pairs is the variance of the pair means over their number, not the per-draw variance over the
+    draws (which overstates it; Hammersley & Morton 1956). The mean itself is unchanged.
+    """
+    n = values.shape[-1]
+    if n % 2:
+        raise ValueError(f"antithetic draws come in pairs; got an odd number of draws ({n})")
+    units = values.unflatten(-1, (n // 2, 2)).mean(dim=-1)
+    return units, None if timesteps is None else timesteps.unflatten(-1, (n // 2, 2))[..., 0]
+
+
+def check_antithetic(owner: str, scorer: Scorer, min_trials: int, round_size: int, cap: int) -> None:
+    """:func:`check_pair_counts` when ``scorer`` draws antithetic pairs."""
+    if getattr(scorer, "antithetic", False):
+        check_pair_counts(owner, min_trials, round_size, cap)
+
+
+def check_pair_counts(owner: str, min_trials: int, round_size: int, cap: int) -> None:
+    """One line when a sequential test on antithetic draws would stop inside a pair: its tests count whole
+    pairs, so ``min_trials`` (at least two pairs), ``round_size`` and the draw cap must be even."""
+    if min_trials < 4 or min_trials % 2 or round_size % 2 or cap % 2:
+        raise ValueError(
+            f"{owner} on antithetic draws tests whole pairs: min_trials (>= 4), round_size and trial_cap (or "
+            f"max_trials) must be even; got {min_trials}, {round_size} and {cap}"
+        )
+
+
 def check_pooling(
     owner: str, variance: str, trial_cap: int | None, min_trials: int, max_trials: int, standard_error: str = "iid"
 ) -> None:
@@ -193,6 +224,9 @@ class Strategy(ABC):
     describe the strategy in results files), internal state starts with an underscore.
     """
 
+    #: whether the strategy asks for its draws in antithetic pairs (the task then builds an antithetic scorer)
+    antithetic: bool = False
+
     @property
     @abstractmethod
     def max_draws(self) -> int:
@@ -224,6 +258,10 @@ class Strategy(ABC):
             raise ValueError(
                 f"{type(self).__name__} needs {self.max_draws} draws per image but the scorer has "
                 f"max_draws={scorer.max_draws}"
+            )
+        if self.antithetic and not scorer.antithetic:
+            raise ValueError(
+                f"{type(self).__name__} was set for antithetic draws; build the scorer with antithetic=True"
             )
         order = self.draw_order
         if order is not None and not scorer.has_order(order):

@@ -31,6 +31,10 @@ a third of digits' signal per draw, flat over t, so standardising and reordering
 - **Two tiers of timesteps** (``timestep_snr`` as a 0/1 priority on raw errors): bins whose class differences are
   a tenth of the largest hardly move the raw mean, so scoring them last changes few answers and spends the early
   draws where the sum is decided. Within a tier the spread order is kept.
+- **Antithetic draws** (a scorer with ``antithetic``): partners ``(eps, -eps)`` at neighbouring timesteps are scored
+  together and the standard error counts pairs (:func:`~diffclf.strategies.base.antithetic_units`): their
+  decisive differences correlate at -0.36 on Fashion-MNIST, so a pair's mean has 0.65x the variance of two
+  independent draws'.
 - **The t rule** (``critical="t"``): the threshold is the Student-t quantile with ``n - 1`` degrees of freedom at
   ``threshold``'s tail probability, strict while few draws are in; pooled, it is the pooled paired t-test's rule.
 
@@ -52,6 +56,9 @@ from diffclf.diffusion.scoring import Scorer
 from diffclf.strategies.base import (
     Classification,
     Strategy,
+    antithetic_units,
+    check_antithetic,
+    check_pair_counts,
     check_pooling,
     check_spread,
     from_table,
@@ -149,6 +156,8 @@ class Racing(Strategy):
             successive-difference variance in timestep order,
             :func:`~diffclf.strategies.base.successive_difference_variance`): the variance of a mean over draws
             spread evenly over ``t``, without the gap's smooth change with ``t`` that the spread cancels.
+        antithetic: score the draws in antithetic pairs (the task builds its scorer so; ``min_trials`` >= 4,
+            ``round_size`` and the cap even). On an antithetic scorer the standard error counts pairs either way.
     """
 
     def __init__(
@@ -164,6 +173,7 @@ class Racing(Strategy):
         trial_cap: int | None = None,
         critical: Literal["z", "t"] = "z",
         standard_error: Literal["iid", "stratified"] = "iid",
+        antithetic: bool = False,
     ) -> None:
         if not threshold > 0:
             raise ValueError(f"Racing threshold must be > 0 (standard errors), got {threshold}")
@@ -193,17 +203,24 @@ class Racing(Strategy):
         self.trial_cap = None if trial_cap is None else int(trial_cap)
         self.critical = critical
         self.standard_error = standard_error
+        self.antithetic = bool(antithetic)
+        if self.antithetic:
+            check_pair_counts("Racing", self.min_trials, self.round_size, self.trial_cap or self.max_trials)
 
     @property
     def max_draws(self) -> int:
         return self.max_trials
 
-    def slot_order(self, timesteps: Tensor) -> list[int]:
-        """Draw indices ``0..max_trials-1`` in scoring order, from the draws' timesteps ``(max_trials,)``."""
+    def slot_order(self, timesteps: Tensor, antithetic: bool = False) -> list[int]:
+        """Draw indices ``0..max_trials-1`` in scoring order, from the draws' timesteps ``(max_trials,)``
+        (``antithetic``: partners ``2m, 2m + 1`` take the higher priority of the two, so they stay together)."""
         if self.timestep_snr is None:
             return list(range(self.max_trials))
         snr = torch.tensor(self.timestep_snr, dtype=torch.float64)
         key = snr[_bins(timesteps, len(self.timestep_snr), self.num_timesteps)]
+        if antithetic:
+            pairs = key[: len(key) // 2 * 2].view(-1, 2).amax(dim=1)
+            key = torch.cat([pairs.repeat_interleave(2), key[len(pairs) * 2 :]])
         return torch.sort(-key, stable=True).indices.tolist()
 
     def draw_weights(self, timesteps: Tensor) -> Tensor:
@@ -224,11 +241,14 @@ class Racing(Strategy):
         """Rounds until every image is down to one class or at ``trial_cap``; ``stage`` = rounds survived."""
         self._check_scorer(scorer)
         check_spread("Racing", self.standard_error, scorer)
+        cap = self.max_trials if self.trial_cap is None else self.trial_cap
+        check_antithetic("Racing", scorer, self.min_trials, self.round_size, cap)
+        pairs = getattr(scorer, "antithetic", False)
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
         device = x.device
         steps = scorer.timesteps(index, 0, self.max_trials)  # (B, D): a stratified design jitters per image
-        order = self.slot_order(steps[0])
+        order = self.slot_order(steps[0], pairs)
         weights = self.draw_weights(steps).to(device)
         # on the device once, and only where the standard error reads them
         spread = steps.to(device) if self.standard_error == "stratified" else None
@@ -236,7 +256,6 @@ class Racing(Strategy):
         finished = remaining.sum(dim=1) <= 1
         stage = torch.zeros(B, M, device=device)
         n, rounds = 0, 0
-        cap = self.max_trials if self.trial_cap is None else self.trial_cap
         while n < cap:
             stop = min(max(n + self.round_size, self.min_trials), cap)
             active = remaining & ~finished.unsqueeze(1)
@@ -246,7 +265,7 @@ class Racing(Strategy):
             n, rounds = stop, rounds + 1
             stage = torch.where(active, float(rounds), stage)
             z = self._standardised(table.errors, weights, order[:n])
-            remaining &= ~self._drop(z, active, None if spread is None else spread[:, order[:n]])
+            remaining &= ~self._drop(z, active, None if spread is None else spread[:, order[:n]], pairs)
             finished = finished | (remaining.sum(dim=1) <= 1)
         z = self._standardised(table.errors, weights, order[: max(n, 1)])
         return from_table(table, stage + remaining.float(), tiebreak=-torch.nanmean(z, dim=-1))
@@ -263,14 +282,18 @@ class Racing(Strategy):
         idx = torch.tensor(slots, dtype=torch.long, device=errors.device)
         return errors.index_select(2, idx) * weights.index_select(1, idx).unsqueeze(1)
 
-    def _drop(self, z: Tensor, active: Tensor, timesteps: Tensor | None = None) -> Tensor:
+    def _drop(self, z: Tensor, active: Tensor, timesteps: Tensor | None = None, pairs: bool = False) -> Tensor:
         """``(B, M)``: active classes ``threshold`` standard errors worse than their image's leader
-        (``timesteps`` ``(B, n)``: those of ``z``'s draws, given for the ``stratified`` standard error)."""
+        (``timesteps`` ``(B, n)``: those of ``z``'s draws, given for the ``stratified`` standard error). On
+        antithetic draws (partners adjacent in ``z``) the units of the standard error are the pairs."""
         n = z.shape[-1]
         d = z.double()
         mean = d.mean(dim=-1)
         lead = mean.masked_fill(~active, math.inf).argmin(dim=1)
         diff = d - d.gather(1, lead.view(-1, 1, 1).expand(-1, 1, n))
+        if pairs:
+            diff, timesteps = antithetic_units(diff, timesteps)
+            n = diff.shape[-1]
         if timesteps is not None:
             var = successive_difference_variance(diff, timesteps)
         else:

@@ -33,31 +33,40 @@ class ReplayScorer(Scorer):
             with the same :attr:`~diffclf.strategies.Strategy.draw_order` sees the recorded errors: an
             ``Adaptive(schedule="official")`` needs a reference recorded in its order, and
             ``DiffusionClassifier.scorer()`` rebuilds (so ``run_replay`` refuses) a replay in another order.
+        antithetic: the recorded run's draws were antithetic pairs (its scorer's ``antithetic``): the strategies
+            then test whole pairs, as they would live.
 
     Forwards are counted exactly as :meth:`Scorer.score` counts them (active pairs × draws), so a
     replayed strategy reports the cost its live run would have had.
     """
 
     def __init__(
-        self, reference: Tensor, row_of: Mapping[int, int], num_classes: int, order: list[int] | None = None
+        self,
+        reference: Tensor,
+        row_of: Mapping[int, int],
+        num_classes: int,
+        order: list[int] | None = None,
+        antithetic: bool = False,
     ) -> None:
         if reference.dim() != 3:
             raise ValueError(f"reference errors must be (N, M, D), got shape {tuple(reference.shape)}")
         # The denoiser is never called; schedule and channels only satisfy the base class.
         super().__init__(
             lambda x, t, y: x, NoiseSchedule(), 1, max_draws=reference.shape[-1], num_classes=num_classes,
-            order=order,
+            order=order, antithetic=antithetic,
         )
         self.reference = reference
         self.row_of = dict(row_of)
 
     @classmethod
     def from_run(
-        cls, errors: Tensor, index: Tensor, num_classes: int, order: list[int] | None = None
+        cls, errors: Tensor, index: Tensor, num_classes: int, order: list[int] | None = None, antithetic: bool = False
     ) -> ReplayScorer:
         """A replay of a run's ``(N, M, D)`` errors whose rows follow the dataset indices ``index`` ``(N,)``
-        (``order``: the run's draw order, as above)."""
-        return cls(errors, {int(i): r for r, i in enumerate(index.tolist())}, num_classes, order=order)
+        (``order``, ``antithetic``: the run's draw order and noise, as above)."""
+        return cls(
+            errors, {int(i): r for r, i in enumerate(index.tolist())}, num_classes, order=order, antithetic=antithetic
+        )
 
     def score(
         self, table: ScoreTable, x: Tensor, index: Tensor, start: int, stop: int, active: Tensor | None = None

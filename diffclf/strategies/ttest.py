@@ -14,6 +14,9 @@ from diffclf.diffusion.scoring import Scorer
 from diffclf.strategies.base import (
     Classification,
     Strategy,
+    antithetic_units,
+    check_antithetic,
+    check_pair_counts,
     check_pooling,
     check_spread,
     from_table,
@@ -93,6 +96,12 @@ class PairedTTest(Strategy):
         trial_cap: most draws any class gets, below the grid (None: ``max_trials``).
         standard_error: ``iid`` (the sample variance, the standard test) or ``stratified`` (the
             successive-difference variance in timestep order; why, in :class:`~diffclf.strategies.Racing`).
+
+        antithetic: score the draws in antithetic pairs (the task builds its scorer so).
+
+    On an antithetic scorer the test's units are the pairs ``(eps, -eps)``
+    (:func:`~diffclf.strategies.base.antithetic_units`): ``min_trials`` (>= 4), ``round_size`` and the cap must be
+    even.
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class PairedTTest(Strategy):
         variance: Literal["pair", "pooled"] = "pair",
         trial_cap: int | None = None,
         standard_error: Literal["iid", "stratified"] = "iid",
+        antithetic: bool = False,
     ) -> None:
         if not 0.0 < alpha < 0.5:
             raise ValueError(f"PairedTTest alpha must be in (0, 0.5), got {alpha}")
@@ -129,22 +139,31 @@ class PairedTTest(Strategy):
         self.variance = variance
         self.trial_cap = None if trial_cap is None else int(trial_cap)
         self.standard_error = standard_error
+        self.antithetic = bool(antithetic)
+        if self.antithetic:
+            check_pair_counts("PairedTTest", self.min_trials, self.round_size, self.trial_cap or self.max_trials)
 
     @property
     def max_draws(self) -> int:
         return self.max_trials
 
-    def _drop(self, errors: Tensor, remaining: Tensor, n: int, timesteps: Tensor | None = None) -> Tensor:
+    def _drop(
+        self, errors: Tensor, remaining: Tensor, n: int, timesteps: Tensor | None = None, pairs: bool = False
+    ) -> Tensor:
         """``(B, M)``: classes of ``remaining`` significantly worse than their image's best on ``[0, n)``
-        (``timesteps`` ``(B, >= n)``: the draws' timesteps, given for the ``stratified`` standard error)."""
+        (``timesteps`` ``(B, >= n)``: the draws' timesteps, given for the ``stratified`` standard error;
+        ``pairs``: draws ``2m, 2m + 1`` are antithetic partners, and the test's units are the pairs)."""
         errs = errors[:, :, :n]
+        ts = None if timesteps is None else timesteps[:, :n]
+        if pairs:  # the units of the test are the antithetic pairs
+            errs, ts = antithetic_units(errs, ts)
+            n = errs.shape[-1]
         mean = errs.mean(dim=-1).masked_fill(~remaining, math.inf)
         best = mean.argmin(dim=1)
         b_err = errs.gather(1, best.view(-1, 1, 1).expand(-1, 1, n))
         crit = critical_t(self.alpha, n, self.alternative)
         B, M = remaining.shape
         step = max(1, _CHUNK_ELEMENTS // max(1, B * n))
-        ts = None if timesteps is None else timesteps[:, :n]
         mean = torch.empty(B, M, dtype=torch.float64, device=errors.device)
         var = torch.empty_like(mean)
         for m0 in range(0, M, step):  # chunked over classes to bound the float64 differences' memory
@@ -164,13 +183,15 @@ class PairedTTest(Strategy):
         """Rounds until every image is down to one class or at ``trial_cap``; ``stage`` = rounds survived."""
         self._check_scorer(scorer)
         check_spread("PairedTTest", self.standard_error, scorer)
+        cap = self.max_trials if self.trial_cap is None else self.trial_cap
+        check_antithetic("PairedTTest", scorer, self.min_trials, self.round_size, cap)
+        pairs = getattr(scorer, "antithetic", False)
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
         remaining = torch.ones(B, M, dtype=torch.bool, device=x.device)
         finished = remaining.sum(dim=1) <= 1
         stage = torch.zeros(B, M, device=x.device)
         n, rounds = 0, 0
-        cap = self.max_trials if self.trial_cap is None else self.trial_cap
         steps = scorer.timesteps(index, 0, cap).to(x.device) if self.standard_error == "stratified" else None
         while n < cap:
             stop = min(n + self.round_size, cap)
@@ -180,6 +201,6 @@ class PairedTTest(Strategy):
             n, rounds = stop, rounds + 1
             stage = torch.where(active, float(rounds), stage)
             if n >= self.min_trials:
-                remaining &= ~self._drop(table.errors, active, n, steps)
+                remaining &= ~self._drop(table.errors, active, n, steps, pairs)
             finished = finished | (remaining.sum(dim=1) <= 1)
         return from_table(table, stage + remaining.float())

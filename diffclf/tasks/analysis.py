@@ -144,9 +144,10 @@ def _scorer_installed(task: DiffusionClassifier, scorer: Scorer) -> Iterator[Non
     try:
         if task.scorer() is not scorer:  # the task would rebuild it (another device or max_draws)
             raise ValueError(
-                f"the replay scorer (max_draws {scorer.max_draws}, {scorer.device}) does not fit the task's "
-                f"strategy (max_draws {task.strategy.max_draws}, its own draw order: "
-                f"{task.strategy.draw_order is not None}) on {task.device}"
+                f"the replay scorer (max_draws {scorer.max_draws}, antithetic {scorer.antithetic}, {scorer.device}) "
+                f"does not fit the task's strategy (max_draws {task.strategy.max_draws}, its own draw order: "
+                f"{task.strategy.draw_order is not None}, antithetic {task.strategy.antithetic}; scoring antithetic "
+                f"{task.scoring.antithetic}) on {task.device}"
             )
         yield
     finally:

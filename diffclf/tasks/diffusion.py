@@ -404,13 +404,13 @@ class DiffusionClassifier(ClassifierTask):
     def scorer(self) -> Scorer:
         """The shared-noise scorer, sized for the strategy (rebuilt when the device or the strategy's draws
         or draw order change)."""
-        order = self.strategy.draw_order
-        stale = self._scorer is None or self._scorer.device != self.device
-        if stale or self._scorer.max_draws != self.strategy.max_draws or not self._scorer.has_order(order):
+        order, pairs = self.strategy.draw_order, self.strategy.antithetic
+        anti = self.scoring.antithetic or pairs
+        if self._scorer is None or not self._scorer.serves(self.strategy.max_draws, order, anti, self.device):
             self._scorer = Scorer(
                 self._denoise, self.schedule, self.hparams.in_channels, max_draws=self.strategy.max_draws,
                 seed=self.hparams.seed, num_classes=self.hparams.num_classes, order=order,
-                **self.scoring.scorer_kwargs(self.device),
+                **self.scoring.scorer_kwargs(self.device, pairs),
             )
         return self._scorer
 
@@ -473,7 +473,7 @@ class DiffusionClassifier(ClassifierTask):
             "model": hp.label or hp.pretrained or hp.model,
             "strategy": describe_strategy(self.strategy),
             "seed": hp.seed,
-            "scoring": self.scoring.record(self.device),
+            "scoring": self.scoring.record(self.device, self.strategy.antithetic),
             "ci_level": hp.ci_level,
             "results_dir": hp.results_dir,
             "results_file": hp.results_file,

@@ -130,9 +130,9 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
 
     def scorer(self, latent_shape: tuple[int, ...]) -> Scorer:
         """The shared-noise scorer over the label space's candidate rows (rebuilt when the strategy changes)."""
-        order = self.strategy.draw_order
+        order, pairs = self.strategy.draw_order, self.strategy.antithetic
         s = self._scorer
-        if s is None or s.max_draws != self.strategy.max_draws or not s.has_order(order) or s.device != self.device:
+        if s is None or not s.serves(self.strategy.max_draws, order, self.scoring.antithetic or pairs, self.device):
             bank = self.noise_bank
             if bank is not None and tuple(bank.shape[1:]) != tuple(latent_shape):
                 raise ValueError(f"model.init_args.noise_path {self.hparams.noise_path}: its draws are "
@@ -140,7 +140,7 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
             self._scorer = Scorer(
                 self._denoise, self.t2i.schedule, latent_shape[0], max_draws=self.strategy.max_draws,
                 seed=self.hparams.seed, num_classes=self.label_space.num_model_classes, order=order,
-                variants=self.variants, noise_bank=bank, **self.scoring.scorer_kwargs(self.device),
+                variants=self.variants, noise_bank=bank, **self.scoring.scorer_kwargs(self.device, pairs),
             )
         return self._scorer
 
@@ -187,7 +187,7 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
             "prediction_type": self.t2i.prediction_type,
             "strategy": describe_strategy(self.strategy),
             "seed": hp.seed,
-            "scoring": self.scoring.record(self.device),
+            "scoring": self.scoring.record(self.device, self.strategy.antithetic),
             "combine": hp.combine,
             "noise_path": hp.noise_path,
             "dtype": str(self.t2i.dtype).removeprefix("torch."),

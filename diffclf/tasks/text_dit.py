@@ -376,13 +376,13 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
 
     def scorer(self) -> Scorer:
         """The shared-noise scorer over the prompt rows (rebuilt when the strategy's draws or the device change)."""
-        order = self.strategy.draw_order
+        order, pairs = self.strategy.draw_order, self.strategy.antithetic
         s = self._scorer
-        if s is None or s.max_draws != self.strategy.max_draws or not s.has_order(order) or s.device != self.device:
+        if s is None or not s.serves(self.strategy.max_draws, order, self.scoring.antithetic or pairs, self.device):
             self._scorer = Scorer(
                 self._denoise, self.schedule, self.hparams.in_channels, max_draws=self.strategy.max_draws,
                 seed=self.hparams.seed, num_classes=self.label_space.num_model_classes, order=order,
-                variants=self.variants, **self.scoring.scorer_kwargs(self.device),
+                variants=self.variants, **self.scoring.scorer_kwargs(self.device, pairs),
             )
         return self._scorer
 
@@ -431,7 +431,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             "model": hp.label or hp.model,
             "strategy": describe_strategy(self.strategy),
             "seed": hp.seed,
-            "scoring": self.scoring.record(self.device),
+            "scoring": self.scoring.record(self.device, self.strategy.antithetic),
             "combine": hp.combine,
             **self.base_context(),
         }
