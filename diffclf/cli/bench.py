@@ -73,7 +73,7 @@ def time_strategy(
     """(seconds per image, forwards per image) of classifying ``images`` with ``strategy``."""
     scorer = Scorer(
         dit, schedule, images.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
-        autocast_dtype=dtype, num_classes=dit.num_classes, order=strategy.draw_order,
+        autocast_dtype=dtype, num_classes=dit.num_classes, order=strategy.draw_order, antithetic=strategy.antithetic,
     )
     index = torch.arange(images.shape[0], device=images.device)
     with torch.no_grad():
