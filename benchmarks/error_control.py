@@ -65,6 +65,7 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
     """Exhaustive(``draws``) over the first ``limit`` images of a split, with every per-draw error."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = provenance(args, argv)  # the commit and tree the draws were made with, not those at the end
     try:
         dm, batches = split_batches(args.data, parse_overrides(args.data_arg), args.limit, split=args.split)
         task = load_diffusion_task(args.ckpt_path, dm)
@@ -77,7 +78,7 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
     ckpt = read_checkpoint(args.ckpt_path, mmap=True).raw
     acc = float((run["pred"] == run["target"]).double().mean())
     meta = {
-        **provenance(args, argv),
+        **started,
         "global_step": ckpt.get("global_step"),
         "data": args.data,
         "split": args.split,
