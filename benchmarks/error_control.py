@@ -331,8 +331,10 @@ def replayed(
     for name, strategy in strategies:
         run = run_replay(task, strategy, batches, scorer)
         row = summarise(name, strategy, run, ref)
-        # what error control controls: how often it keeps the answer of all its own draws
+        # what error control controls: how often it keeps the answer of all its own draws, and that answer's accuracy
         row["agreement_own"] = float((run["pred"] == table["pred"]).double().mean())
+        own = float((table["pred"] == table["target"]).double().mean())
+        row["accuracy_diff_own_points"] = 100 * (row["accuracy"] - own)
         rows.append(row)
     return rows
 
@@ -340,14 +342,14 @@ def replayed(
 def choose(
     rows: list[dict], max_drop_points: float, min_agreement: float, candidates: tuple[str, ...] = CANDIDATES
 ) -> dict:
-    """The cheapest candidate row (its name starts with one of ``candidates``) within ``max_drop_points`` of
-    the reference exhaustive and ``min_agreement`` with the exhaustive answer of its own draws (for an antithetic
-    row the antithetic table's: two exhaustive runs on other noise differ on near-ties, so agreement with the plain
-    one would measure the noise, not the stopping rule)."""
+    """The cheapest candidate row (its name starts with one of ``candidates``) within ``max_drop_points`` of the
+    accuracy of the exhaustive answer of its own draws and ``min_agreement`` with that answer. For an antithetic
+    row that is the antithetic table's exhaustive: two exhaustive-250 runs on other noise differ on near-ties (on
+    Fashion-MNIST's training images by 2.4% of answers and 1.2 points), which no stopping rule controls."""
     ok = [
         r for r in rows
         if r["name"].startswith(candidates)
-        and r["accuracy_diff_points"] >= -max_drop_points
+        and r["accuracy_diff_own_points"] >= -max_drop_points
         and r["agreement_own"] >= min_agreement
     ]
     if not ok:
@@ -431,6 +433,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "within_points": 0.5,
         "max_pct_of_exhaustive": 3.0,
         "accuracy_diff_points": rep_row["accuracy_diff_points"],
+        "accuracy_diff_own_points": rep_row["accuracy_diff_own_points"],
         "pct_of_exhaustive": rep_row["forwards_pct_of_exhaustive"],
         "met": abs(rep_row["accuracy_diff_points"]) <= 0.5 and rep_row["forwards_pct_of_exhaustive"] <= 3.0,
         "not_dominated_by_any_peer": all(
@@ -452,8 +455,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "exhaustive_seconds_per_image": exh_s,
         "fit_rule": (
             f"cheapest setting named {' or '.join(args.choose_from)}... within {args.max_drop_points} points of "
-            f"exhaustive-{draws} and >= {100 * args.min_agreement}% agreement with the exhaustive answer of its own "
-            "draws on the training images"
+            f"exhaustive-{draws} on its own draws and >= {100 * args.min_agreement}% agreement with that answer on "
+            "the training images"
         ),
     }
     result = {
@@ -531,7 +534,8 @@ def markdown(result: dict) -> str:
         f"Chosen: **{result['chosen']['name']}** = `{result['chosen']['strategy']}`.",
         "",
         (f"Target (issue 20): within {tg['within_points']} points of exhaustive at <= {tg['max_pct_of_exhaustive']}% "
-        f"of its forwards: {tg['accuracy_diff_points']:+.2f} points at {tg['pct_of_exhaustive']:.2f}%, "
+        f"of its forwards: {tg['accuracy_diff_points']:+.2f} points at {tg['pct_of_exhaustive']:.2f}% "
+        f"({tg['accuracy_diff_own_points']:+.2f} against the exhaustive answer of its own draws), "
         f"**{'met' if tg['met'] else 'not met'}**; no existing strategy has both fewer forwards and higher accuracy: "
         f"{tg['not_dominated_by_any_peer']}."),
         "",
@@ -547,16 +551,17 @@ def markdown(result: dict) -> str:
         "",
         "## Every strategy, replayed on the test images (knobs not chosen here; * = Pareto-optimal)",
         "",
-        ("| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | own exh. agreement % | forwards/image "
-         "| % of exh. |"),
-        "|---|---|---|---|---|---|---|",
+        ("| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | Δ vs own exh. (pts) | own exh. agreement % "
+         "| forwards/image | % of exh. |"),
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["test"], key=lambda r: r["forwards_per_image"]):
         mark = "*" if r.get("pareto") else ""
         bold = "**" if r["name"] == result["chosen"]["name"] else ""
         lines.append(
             f"| {mark}{bold}{r['name']}{bold} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
-            f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {100 * r['agreement_own']:.2f} "
+            f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {r['accuracy_diff_own_points']:+.2f} "
+            f"| {100 * r['agreement_own']:.2f} "
             f"| {r['forwards_per_image']:.1f} | {r['forwards_pct_of_exhaustive']:.2f} |"
         )
     return "\n".join(lines) + "\n"

@@ -285,6 +285,7 @@ def test_error_control_fits_and_replays_antithetic_tables_against_the_plain_refe
     assert exh["forwards_per_image"] == 80  # judged against the plain reference's predictions:
     anti_pred = anti["errors"].mean(dim=-1).argmin(dim=1)
     assert exh["agreement"] == float((anti_pred == plain["pred"]).double().mean())
+    assert exh["agreement_own"] == 1.0 and exh["accuracy_diff_own_points"] == 0.0  # its own exhaustive
     assert "racing anti pooled+strat+tiers t a=0.02 min=4" in rows and "ttest pooled anti a=0.1 min=4" in rows
     preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
     assert preset["init_args"]["antithetic"] is True
