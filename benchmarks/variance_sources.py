@@ -11,6 +11,10 @@
         --data fashion_mnist --data_arg image_size=28 --limit 300 --draws 32 --t_max 700 --threads 1 \\
         --out benchmarks/results/error_control/antithetic_fashion
 
+    # where a strategy's forwards and its accuracy loss go, by the decisive pair's per-draw SNR (replayed, no model)
+    python benchmarks/variance_sources.py costs --table benchmarks/results/error_control/tables/fashion_test.pt \
+        --strategy racing_pooled_t_fashion --out benchmarks/results/error_control/costs_fashion
+
 The decisive pair of an image is its exhaustive winner and runner-up; ``d`` is the runner-up's error minus the
 winner's, per draw. Both commands write ``OUT.json`` and ``OUT.md``.
 """
@@ -25,8 +29,11 @@ from pathlib import Path
 
 import torch
 
-from diffclf.metrics.provenance import command_line, git, machine, utc_now
+from diffclf.configs import load_preset
+from diffclf.metrics.provenance import command_line, git, machine, utc_now, working_tree_dirty
+from diffclf.strategies import Strategy
 from diffclf.strategies.base import antithetic_units, successive_difference_variance
+from diffclf.strategies.replay import ReplayScorer
 from diffclf.tasks.analysis import load_diffusion_task, parse_overrides, split_batches
 
 SNR_EDGES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, float("inf"))
@@ -38,6 +45,7 @@ def provenance(argv: list[str]) -> dict:
         "date": utc_now(),
         "device": machine(),
         "commit": git("rev-parse", "--short", "HEAD"),
+        "dirty": working_tree_dirty(),
         "command": command_line(["benchmarks/variance_sources.py", *argv]),
     }
 
@@ -183,6 +191,53 @@ def antithetic(args: argparse.Namespace, argv: list[str]) -> dict:
     return result
 
 
+def costs(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Each strategy replayed on a table (``Strategy.classify`` on a replay scorer, no model): its forwards and its
+    accuracy against the table's exhaustive answer, per bin of the decisive pair's per-draw SNR."""
+    table = torch.load(args.table, weights_only=False)
+    errors, target, index = table["errors"], table["target"], table["index"]
+    n, k, draws = errors.shape
+    d = decisive_differences(errors)
+    snr = d.mean(dim=-1) / d.std(dim=-1)
+    anti = bool(table["meta"].get("scoring", {}).get("antithetic", False))
+    scorer = ReplayScorer.from_run(errors, index, k, antithetic=anti)
+    exhaustive = errors.double().mean(dim=-1).argmin(dim=1)
+    result = {"meta": {**provenance(argv), "table": args.table, "images": n, "draws": draws}, "strategies": []}
+    lines = ["# Where a strategy's forwards and accuracy loss go", "",
+             f"- date {result['meta']['date']}, commit {result['meta']['commit']}; command `{result['meta']['command']}`",
+             (f"- {n} images of `{args.table}` ({draws} draws per class), binned by the decisive pair's per-draw SNR; "
+              "loss = exhaustive accuracy minus the strategy's, in points of the whole set"), ""]
+    for spec in args.strategy:
+        try:
+            strategy = load_preset("strategy", spec, Strategy, "--strategy")
+        except (FileNotFoundError, TypeError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from None
+        preds, fwd = [], []
+        for s in range(0, n, 250):
+            out = strategy.classify(scorer, torch.zeros(len(index[s : s + 250]), 1, 1, 1), index[s : s + 250])
+            preds.append(out.pred)
+            fwd.append(out.forwards)
+        pred, forwards = torch.cat(preds), torch.cat(fwd).double()
+        rows = []
+        for lo, hi in itertools.pairwise(SNR_EDGES):
+            sel = (snr >= lo) & (snr < hi)
+            if sel.any():
+                rows.append({"snr_low": lo, "snr_high": hi, "images": int(sel.sum()),
+                             "forwards_share": float(forwards[sel].sum() / forwards.sum()),
+                             "forwards_per_image": float(forwards[sel].mean()),
+                             "loss_points": 100 * float(((exhaustive[sel] == target[sel]).double().sum()
+                                                         - (pred[sel] == target[sel]).double().sum()) / n)})
+        result["strategies"].append({"strategy": spec, "forwards_per_image": float(forwards.mean()),
+                                     "accuracy": float((pred == target).double().mean()), "bins": rows})
+        lines += [f"## `{spec}`: {forwards.mean():.1f} forwards/image", "",
+                  "| per-draw SNR | images | forwards/image | share of forwards | loss (pts) |", "|---|---|---|---|---|"]
+        lines += [f"| [{r['snr_low']}, {r['snr_high']}) | {r['images']} | {r['forwards_per_image']:.1f} | "
+                  f"{100 * r['forwards_share']:.1f}% | {r['loss_points']:+.2f} |" for r in rows]
+        lines.append("")
+    write(args.out, result, lines)
+    return result
+
+
 def write(out: str, result: dict, lines: list[str]) -> None:
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,8 +263,12 @@ def main(argv: list[str] | None = None) -> dict:
     anti.add_argument("--seed", type=int, default=0)
     anti.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     anti.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md")
+    cost = sub.add_parser("costs", help="a strategy's forwards and accuracy loss by the decisive pair's SNR")
+    cost.add_argument("--table", required=True, help="an `error_control.py record` table")
+    cost.add_argument("--strategy", action="append", required=True, help="a strategy preset name or YAML file")
+    cost.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md")
     args = ap.parse_args(argv)
-    return tables(args, argv) if args.command == "tables" else antithetic(args, argv)
+    return {"tables": tables, "antithetic": antithetic, "costs": costs}[args.command](args, argv)
 
 
 if __name__ == "__main__":

@@ -299,6 +299,11 @@ def test_timestep_tiers_score_the_bins_that_move_the_mean_first() -> None:
     assert error_control.timestep_tiers([0.5, 1.0, 0.2], share=0.6) == [0.0, 1.0, 0.0]
 
 
+def even_order_timesteps(d: int) -> list[int]:
+    """The timesteps of a ``d``-draw replay in its draw order (what `record` stores)."""
+    return ReplayScorer(torch.zeros(1, 1, d), {0: 0}, 1).timesteps(torch.tensor([0]))[0].tolist()
+
+
 def _write_table(
     path: Path, errors: torch.Tensor, target: torch.Tensor, times: torch.Tensor, antithetic: bool = False
 ) -> str:
@@ -345,6 +350,30 @@ def test_variance_sources_separates_the_gaps_change_with_t_from_noise(tmp_path: 
     assert ratio[0] < 0.3 and 0.8 < ratio[1] < 1.2
     assert sum(r["images"] for r in out["tables"][0]["near_ties"]) == n
     assert (tmp_path / "vs.md").read_text().startswith("# Where the decisive pair's per-draw spread comes from")
+
+
+def test_variance_sources_costs_puts_the_forwards_where_the_near_ties_are(tmp_path: Path) -> None:
+    """A racing strategy spends its forwards on the images whose decisive pair barely differs; the exhaustive
+    strategy's loss against itself is zero."""
+    g = torch.Generator().manual_seed(2)
+    n, k, d = 60, 4, 40
+    gap = torch.where(torch.arange(n) < 20, 0.002, 0.5).view(n, 1, 1).double()  # 20 near-ties, 40 clear images
+    errors = 1.0 + gap * torch.arange(k, dtype=torch.float64).view(1, k, 1) + 0.1 * torch.randn(n, k, d, generator=g)
+    times = torch.tensor(even_order_timesteps(d))
+    table = _write_table(tmp_path / "t.pt", errors.float(), torch.zeros(n, dtype=torch.long), times)
+    torch.save({**torch.load(table, weights_only=False), "index": torch.arange(n)}, table)
+    preset = tmp_path / "racing.yaml"
+    preset.write_text(f"class_path: diffclf.strategies.Racing\ninit_args:\n  threshold: 2.0\n  max_trials: {d}\n")
+    exhaustive = tmp_path / "exhaustive.yaml"
+    exhaustive.write_text(f"class_path: diffclf.strategies.Exhaustive\ninit_args:\n  trials: {d}\n")
+    out = variance_sources.main(["costs", "--table", table, "--strategy", str(preset), "--strategy", str(exhaustive),
+                                 "--out", str(tmp_path / "c")])
+    raced, full = out["strategies"]
+    low = [b for b in raced["bins"] if b["snr_high"] <= 0.2]
+    assert sum(b["images"] for b in low) == 20
+    assert sum(b["forwards_share"] for b in low) > 0.5  # a third of the images, most of the forwards
+    assert full["forwards_per_image"] == k * d and all(b["loss_points"] == 0 for b in full["bins"])
+    assert sum(b["images"] for b in raced["bins"]) == n
 
 
 @needs_ckpt
