@@ -70,11 +70,13 @@ def table_summary(path: str) -> dict:
     exhaustive = errors.double().mean(dim=-1).argmin(dim=1)
     pairs = None
     if table["meta"].get("scoring", {}).get("antithetic"):
-        # Partners 2m, 2m + 1 (neighbouring t): the local variance of a pair's mean against half a draw's.
+        # Partners 2m, 2m + 1 sit at neighbouring grid positions, so in t order the draws run a, a', b, b', ...: the
+        # local variance of a pair's mean against half that of one draw, the latter from the differences *between*
+        # pairs (a' to b: independent neighbours; the partners' own differences carry their anticorrelation).
         units, unit_t = antithetic_units(d, ts)
-        pair_ratio = successive_difference_variance(units.unsqueeze(1), unit_t).squeeze(1) / (
-            successive_difference_variance(d.unsqueeze(1), ts).squeeze(1) / 2
-        )
+        by_t = d.gather(-1, ts.argsort(dim=-1, stable=True))
+        between = (by_t[:, 2::2] - by_t[:, 1:-1:2]).square().mean(dim=-1) / 2
+        pair_ratio = successive_difference_variance(units.unsqueeze(1), unit_t).squeeze(1) / (between / 2)
         pairs = {q: float(pair_ratio.quantile(p)) for q, p in (("q10", 0.1), ("median", 0.5), ("q90", 0.9))}
     rows = []
     for lo, hi in itertools.pairwise(SNR_EDGES):
