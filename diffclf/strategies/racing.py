@@ -32,9 +32,10 @@ a third of digits' signal per draw, flat over t, so standardising and reordering
   a tenth of the largest hardly move the raw mean, so scoring them last changes few answers and spends the early
   draws where the sum is decided. Within a tier the spread order is kept.
 - **Antithetic draws** (a scorer with ``antithetic``): partners ``(eps, -eps)`` at neighbouring timesteps are scored
-  together and the standard error counts pairs (:func:`~diffclf.strategies.base.antithetic_units`): their
-  decisive differences correlate at -0.36 on Fashion-MNIST, so a pair's mean has 0.65x the variance of two
-  independent draws'.
+  together and the standard error counts pairs (:func:`~diffclf.strategies.base.antithetic_units`). A pair's mean
+  has 0.63x the local variance of two independent draws' on Fashion-MNIST (0.44x on digits), yet the fitted cost
+  does not fall there: counting pairs halves the tests' early degrees of freedom and needs four draws before the
+  first (``benchmarks/results/error_control/fashion.md``).
 - **The t rule** (``critical="t"``): the threshold is the Student-t quantile with ``n - 1`` degrees of freedom at
   ``threshold``'s tail probability, strict while few draws are in; pooled, it is the pooled paired t-test's rule.
 

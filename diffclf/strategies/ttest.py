@@ -96,7 +96,6 @@ class PairedTTest(Strategy):
         trial_cap: most draws any class gets, below the grid (None: ``max_trials``).
         standard_error: ``iid`` (the sample variance, the standard test) or ``stratified`` (the
             successive-difference variance in timestep order; why, in :class:`~diffclf.strategies.Racing`).
-
         antithetic: score the draws in antithetic pairs (the task builds its scorer so).
 
     On an antithetic scorer the test's units are the pairs ``(eps, -eps)``
