@@ -345,7 +345,7 @@ def choose(
     """The cheapest candidate row (its name starts with one of ``candidates``) within ``max_drop_points`` of the
     accuracy of the exhaustive answer of its own draws and ``min_agreement`` with that answer. For an antithetic
     row that is the antithetic table's exhaustive: two exhaustive-250 runs on other noise differ on near-ties (on
-    Fashion-MNIST's training images by 2.4% of answers and 1.2 points), which no stopping rule controls."""
+    Fashion-MNIST's training images their accuracies differ by 1.2 points), which no stopping rule controls."""
     ok = [
         r for r in rows
         if r["name"].startswith(candidates)

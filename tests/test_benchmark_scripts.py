@@ -328,7 +328,8 @@ def test_variance_sources_measures_what_antithetic_pairs_save(tmp_path: Path) ->
              for name, e in (("anti", anti), ("independent", noise))]
     out = variance_sources.main(["tables", "--table", paths[0], "--table", paths[1], "--out", str(tmp_path / "vs")])
     ratio = [t["antithetic_pair_over_independent_local_variance"]["median"] for t in out["tables"]]
-    assert ratio[0] < 0.5 and 0.7 < ratio[1] < 1.3
+    # 1 + rho = 0.3 for the partners; counting the partners' own differences in the per-draw variance reads 0.23
+    assert 0.26 < ratio[0] < 0.4 and 0.7 < ratio[1] < 1.3
     assert "a pair's local variance over two independent draws'" in (tmp_path / "vs.md").read_text()
 
 

@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer, antithetic_order
-from diffclf.strategies import Exhaustive, PairedTTest, Racing, fit_timestep_profile
+from diffclf.strategies import Exhaustive, PairedTTest, Prefilter, Racing, fit_timestep_profile
 from diffclf.strategies.base import successive_difference_variance
 from diffclf.strategies.replay import ReplayScorer
 
@@ -401,6 +401,9 @@ def test_a_task_builds_the_scorer_its_strategy_asks_for():
     assert (scored.num_draws % 2 == 0).all() and scored.num_draws.max() >= 4
     task.strategy = Racing(2.0, 4, 8, 2, variance="pooled")
     assert not task.scorer().antithetic  # rebuilt for the plain strategy
+    task.strategy = Prefilter(torch.nn.Identity(), top_k=3, inner=anti)
+    assert task.scorer().antithetic  # a prefilter asks for what its inner strategy needs
+    task.strategy = Racing(2.0, 4, 8, 2, variance="pooled")
     task.set_scoring(antithetic=True)
     assert task.scorer().antithetic
     assert ScoringOptions().record("cpu", antithetic=True)["antithetic"] is True

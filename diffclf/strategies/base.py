@@ -174,7 +174,7 @@ def antithetic_units(values: Tensor, timesteps: Tensor | None = None) -> tuple[T
 
 def check_antithetic(owner: str, scorer: Scorer, min_trials: int, round_size: int, cap: int) -> None:
     """:func:`check_pair_counts` when ``scorer`` draws antithetic pairs."""
-    if getattr(scorer, "antithetic", False):
+    if scorer.antithetic:
         check_pair_counts(owner, min_trials, round_size, cap)
 
 

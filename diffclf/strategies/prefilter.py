@@ -42,6 +42,10 @@ class Prefilter(Strategy):
     def draw_order(self) -> list[int] | None:
         return self.inner.draw_order
 
+    @property
+    def antithetic(self) -> bool:
+        return self.inner.antithetic
+
     def _load(self, num_classes: int, device: torch.device) -> nn.Module:
         if self._model is None:
             from diffclf.models.classifiers import load_classifier

@@ -244,7 +244,7 @@ class Racing(Strategy):
         check_spread("Racing", self.standard_error, scorer)
         cap = self.max_trials if self.trial_cap is None else self.trial_cap
         check_antithetic("Racing", scorer, self.min_trials, self.round_size, cap)
-        pairs = getattr(scorer, "antithetic", False)
+        pairs = scorer.antithetic
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
         device = x.device

@@ -184,7 +184,7 @@ class PairedTTest(Strategy):
         check_spread("PairedTTest", self.standard_error, scorer)
         cap = self.max_trials if self.trial_cap is None else self.trial_cap
         check_antithetic("PairedTTest", scorer, self.min_trials, self.round_size, cap)
-        pairs = getattr(scorer, "antithetic", False)
+        pairs = scorer.antithetic
         table = scorer.new_table(x, candidates)
         B, M = table.candidates.shape
         remaining = torch.ones(B, M, dtype=torch.bool, device=x.device)
