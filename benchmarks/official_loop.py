@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffclf.configs import load_preset
+from diffclf.diffusion.compiled import FrozenCompiled
 from diffclf.diffusion.precision import resolve_precision
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
@@ -148,16 +149,19 @@ def official_eval(
 
 
 def engine_eval(
-    dit: DiT, latents: Tensor, class_ids: Tensor, keep: list[int], trials: list[int], schedule: NoiseSchedule,
-    all_noise: Tensor, batch_size: int, loss: str = "l2", precision: str = "32",
+    dit: Callable[[Tensor, Tensor, Tensor], Tensor], latents: Tensor, class_ids: Tensor, keep: list[int],
+    trials: list[int], schedule: NoiseSchedule, all_noise: Tensor, batch_size: int, loss: str = "l2",
+    precision: str = "32", num_classes: int | None = None,
 ) -> Classification:
     """diffclf's engine on the same work: ``Adaptive(schedule="official")`` over the same noise bank
     (``precision`` ``bf16``: the denoiser under bf16 autocast, errors in fp32, as ``scoring.precision``;
-    ``auto``: bf16 where the device has native bf16)."""
+    ``auto``: bf16 where the device has native bf16). ``dit`` may be the DiT compiled as ``scoring.compile``
+    compiles it (:class:`~diffclf.diffusion.compiled.FrozenCompiled`), whose ``num_classes`` then comes from ``num_classes``."""
     strategy = Adaptive(keep, trials, schedule="official")
     ran, _ = resolve_precision(precision, latents.device)
+    num_classes = num_classes if num_classes is not None else dit.num_classes
     scorer = Scorer(dit, schedule, latents.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
-                    error=loss, num_classes=dit.num_classes, order=strategy.draw_order, noise_bank=all_noise,
+                    error=loss, num_classes=num_classes, order=strategy.draw_order, noise_bank=all_noise,
                     autocast_dtype=torch.bfloat16 if ran == "bf16" else None)
     index = torch.arange(latents.shape[0], device=latents.device)
     with torch.no_grad():
@@ -206,23 +210,30 @@ def real_inputs(args: argparse.Namespace, device: torch.device):
     return task, latents, targets, batches
 
 
-def strategy_rows(task, batches, specs: list[str], precision: str, official: dict, level: float = 0.95) -> list[dict]:
-    """diffclf as ``test`` runs it: each strategy preset through ``task.classify`` at ``precision``."""
+def strategy_rows(
+    task, batches, specs: list[str], precision: str, official: dict, level: float = 0.95, compile_: bool = False
+) -> list[dict]:
+    """diffclf as ``test`` runs it: each strategy preset through ``task.classify`` at ``precision`` (with
+    ``compile_``, ``scoring.compile``: a first run compiles the batch shapes it meets, a second is timed)."""
     rows = []
     for spec in specs:
         try:
             strategy = load_preset("strategy", spec, Strategy, "--engine_strategies")
         except (FileNotFoundError, TypeError, ValueError) as err:
             raise SystemExit(f"error: {err}") from None
-        task.set_scoring(precision=precision)
+        task.set_scoring(precision=precision, compile=compile_)
         run_live(task, strategy, [(b[0][:1], b[1][:1], b[2][:1]) for b in batches[:1]])  # warm-up
+        first = run_live(task, strategy, batches) if compile_ else None
         run = run_live(task, strategy, batches)
         row = {"strategy_preset": spec, **summarise(spec, strategy, run, None, level),
                "scoring": task.scoring.record(task.device)}
+        if first is not None:
+            row["first_run_seconds_per_image"] = first["seconds"] / len(first["pred"])
+            row["first_run_speedup_vs_official"] = official["seconds_per_image"] / row["first_run_seconds_per_image"]
         row["speedup_vs_official"] = official["seconds_per_image"] / row["seconds_per_image"]
         row["within_official_interval"] = official["ci_low"] <= row["accuracy"] <= official["ci_high"]
         rows.append(row)
-        print(f"diffclf {spec} ({row['scoring']['precision']}): {100 * row['accuracy']:.2f}% "
+        print(f"diffclf {spec} ({row['scoring']['precision']}{' + compile' if compile_ else ''}): {100 * row['accuracy']:.2f}% "
               f"[{100 * row['ci_low']:.2f}, {100 * row['ci_high']:.2f}], {row['forwards_per_image']:.1f} forwards/image, "
               f"{row['seconds_per_image']:.4f} s/image = {row['speedup_vs_official']:.2f}x the official loop "
               f"({'within' if row['within_official_interval'] else 'outside'} its interval)", flush=True)
@@ -262,12 +273,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--engine_precisions", nargs="+", default=["32"], choices=("32", "bf16", "auto"),
                         help="engine precisions to time (bf16: autocast; auto: bf16 where native; the official "
                              "loop is always fp32)")
+    parser.add_argument("--engine_compile", nargs="+", default=["off"], choices=("off", "on"),
+                        help="engine rows without and/or with torch.compile of the denoiser (on: a first run "
+                             "compiles, a second is timed; both reported)")
     parser.add_argument("--data", default=None, help="a data preset or YAML: its first --images test images with "
                                                      "labels instead of random inputs (needs --ckpt_path)")
     parser.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
     parser.add_argument("--engine_strategies", nargs="*", default=[],
                         help="with --data: strategy presets or YAML files run through the task, end to end")
     parser.add_argument("--engine_strategy_precision", default="auto", choices=("32", "bf16", "auto"))
+    parser.add_argument("--engine_strategy_compile", action="store_true",
+                        help="the strategy rows with scoring.compile (each run twice: first compiling, then timed)")
     parser.add_argument("--loss", default="l2", choices=("l2", "l1"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
@@ -317,24 +333,38 @@ def main(argv: list[str] | None = None) -> dict:
           + (f", {100 * official['accuracy']:.2f}% [{100 * official['ci_low']:.2f}, {100 * official['ci_high']:.2f}]"
              if targets else ""), flush=True)
     engine = []
-    for precision, b in ((p, b) for p in args.engine_precisions for b in args.engine_batch_sizes):
-        engine_eval(dit, latents[:1], class_ids[:2], [1], [2], schedule, all_noise, b, args.loss, precision)
-        run = functools.partial(engine_eval, dit, latents, class_ids, args.keep, args.trials, schedule, all_noise,
-                                b, args.loss, precision)
+    compiled = FrozenCompiled(dit) if "on" in args.engine_compile else None
+    rows = ((p, c == "on", b) for p in args.engine_precisions for c in args.engine_compile for b in args.engine_batch_sizes)
+    for precision, compile_, b in rows:
+        denoiser = compiled if compile_ else dit
+        run = functools.partial(engine_eval, denoiser, latents, class_ids, args.keep, args.trials, schedule,
+                                all_noise, b, args.loss, precision, dit.num_classes)
+        first = None
+        if compile_:
+            # The first run compiles every batch shape it meets (timed: what a run pays once); the second
+            # is the steady state.
+            _, first = _timed(run, device)
+        else:
+            engine_eval(dit, latents[:1], class_ids[:2], [1], [2], schedule, all_noise, b, args.loss, precision)
         result, sec = _timed(run, device)
         fwd = float(result.forwards.sum())
-        row = {"precision": precision, "ran_in": resolve_precision(precision, device)[0], "batch_size": b,
-               "seconds_per_image": sec / args.images, **accuracy(result.pred.tolist(), targets),
+        row = {"precision": precision, "ran_in": resolve_precision(precision, device)[0], "compile": compile_,
+               "batch_size": b, "seconds_per_image": sec / args.images, **accuracy(result.pred.tolist(), targets),
                "forwards_per_image": fwd / args.images,
                "forwards_per_s": fwd / sec, "pred": result.pred.tolist(),
                "agrees_with_official": sum(int(a == o) for a, o in zip(result.pred.tolist(), preds)),
                "speedup_vs_official": official["seconds_per_image"] / (sec / args.images)}
+        if first is not None:
+            row["first_run_seconds_per_image"] = first / args.images
+            row["first_run_speedup_vs_official"] = official["seconds_per_image"] / (first / args.images)
         engine.append(row)
-        print(f"diffclf engine, {precision}, batch {b}: {row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
-              f"s/image = {row['speedup_vs_official']:.2f}x the official loop; same prediction on "
-              f"{row['agrees_with_official']}/{args.images} images")
-    end_to_end = strategy_rows(task, batches, args.engine_strategies, args.engine_strategy_precision, official) \
-        if task is not None else []
+        print(f"diffclf engine, {precision}{' + compile' if compile_ else ''}, batch {b}: "
+              f"{row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
+              f"s/image = {row['speedup_vs_official']:.2f}x the official loop"
+              + (f" (first run, compiling: {row['first_run_speedup_vs_official']:.2f}x)" if first is not None else "")
+              + f"; same prediction on {row['agrees_with_official']}/{args.images} images")
+    end_to_end = strategy_rows(task, batches, args.engine_strategies, args.engine_strategy_precision, official,
+                               compile_=args.engine_strategy_compile) if task is not None else []
     flops = dit_flops(dit.config)
     out = {
         "what": ("official eval_prob_adaptive loop (fp32) vs diffclf engine (precision per row), same schedule, "

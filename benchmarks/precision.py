@@ -3,8 +3,9 @@
     python benchmarks/precision.py --ckpt_path checkpoints/fashion_mnist_dit_t4_stage3.ckpt --data fashion_mnist \
         --limit 1000 --threads 1 --out benchmarks/results/precision/fashion_stage3
 
-Classifies the first ``--limit`` test images twice through ``DiffusionClassifier.classify`` (the path
-``cli.py test`` takes), once per ``--precisions`` entry, with one strategy (default ``Exhaustive(--draws)``,
+Classifies the first ``--limit`` test images through ``DiffusionClassifier.classify`` (the path
+``cli.py test`` takes), once per ``--precisions`` entry (``+compile``: with ``scoring.compile``, the
+compiling included in its time), with one strategy (default ``Exhaustive(--draws)``,
 which isolates the precision from a strategy's path through its stages; ``--strategy`` takes a preset or
 YAML instead). The draws depend only on (seed, index), so both runs see the same (t, eps): a changed
 prediction is the precision's doing. Reports the changed predictions per thousand with their exact
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="the first N test images (default all)")
     ap.add_argument("--draws", type=int, default=50, help="draws per class of the default Exhaustive strategy")
     ap.add_argument("--strategy", default=None, help="a strategy preset or YAML instead of Exhaustive(--draws)")
-    ap.add_argument("--precisions", nargs="+", default=["32", "bf16"], choices=("32", "bf16"),
+    ap.add_argument("--precisions", nargs="+", default=["32", "bf16"], choices=("32", "bf16", "32+compile", "bf16+compile"),
                     help="the first is the reference the others are compared with")
     ap.add_argument("--batch_size", type=int, default=None, help="scoring batch (default: the checkpoint's)")
     ap.add_argument("--threads", type=int, default=None)
@@ -150,7 +151,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {err}") from None
     runs = {}
     for precision in args.precisions:
-        task.set_scoring(precision=precision, **({"batch_size": args.batch_size} if args.batch_size else {}))
+        dtype, _, compiled = precision.partition("+")
+        task.set_scoring(precision=dtype, compile=compiled == "compile",
+                         **({"batch_size": args.batch_size} if args.batch_size else {}))
         try:
             runs[precision] = run_live(task, strategy, batches, keep_table=True)
         except ValueError as err:  # e.g. the data's image size is not the model's

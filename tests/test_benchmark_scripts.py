@@ -504,10 +504,11 @@ def test_precision_script_writes_its_record_on_real_images(tmp_path: Path) -> No
     precision = _script("precision")
     out = tmp_path / "prec"
     result = precision.main(["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "6", "--draws", "2",
-                             "--threads", "1", "--out", str(out)])
-    ref, bf16 = result["rows"]
+                             "--precisions", "32", "bf16", "bf16+compile", "--threads", "1", "--out", str(out)])
+    ref, bf16, compiled = result["rows"]
     assert ref["precision"] == "32" and ref["changed"] == 0 and ref["forwards_per_image"] == 20.0
     assert bf16["precision"] == "bf16" and 0 < bf16["max_relative_mean_error_change"] < 0.1  # it ran in bf16
+    assert compiled["precision"] == "bf16+compile" and 0 < compiled["max_relative_mean_error_change"] < 0.1
     md = (tmp_path / "prec.md").read_text()
     assert "`precision: auto` here: auto: " in md and "| bf16 |" in md
     assert json.loads((tmp_path / "prec.json").read_text())["meta"]["strategy"] == "Exhaustive(trials=2)"

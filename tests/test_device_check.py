@@ -89,18 +89,21 @@ def test_official_loop_end_to_end_on_labelled_images(tmp_path: Path) -> None:
     out = tmp_path / "e2e.json"
     got = official_loop.main(["--ckpt_path", str(REPO / "checkpoints" / "digits_dit_t2.ckpt"), "--data", "digits",
                               "--images", "5", "--keep", "2", "1", "--trials", "2", "4", "--engine_precisions", "32",
-                              "--engine_batch_sizes", "16", "--engine_strategies", "exhaustive", "--threads", "1",
-                              "--out", str(out)])
+                              "--engine_batch_sizes", "16", "--engine_compile", "off", "on", "--engine_strategies",
+                              "exhaustive", "--engine_strategy_compile", "--threads", "1", "--out", str(out)])
     _, batches = split_batches("digits", None, 5)
     targets = [int(y) for b in batches for y in b[1]]
     official = got["official"]
     assert official["correct"] == sum(p == t for p, t in zip(official["pred"], targets))
     assert official["accuracy"] == pytest.approx(official["correct"] / 5)
-    (engine,) = got["engine"]
-    assert engine["pred"] == official["pred"] and engine["agrees_with_official"] == 5  # the same work
-    assert engine["correct"] == official["correct"]
+    eager, compiled = got["engine"]
+    assert not eager["compile"] and compiled["compile"] and "first_run_seconds_per_image" in compiled
+    for engine in (eager, compiled):
+        assert engine["pred"] == official["pred"] and engine["agrees_with_official"] == 5  # the same work
+        assert engine["correct"] == official["correct"]
     (row,) = got["end_to_end"]
     assert row["strategy_preset"] == "exhaustive" and row["scoring"]["precision"] in ("32", "bf16")
+    assert row["scoring"]["compile"] and row["first_run_seconds_per_image"] > 0
     assert row["within_official_interval"] == (official["ci_low"] <= row["accuracy"] <= official["ci_high"])
     assert row["speedup_vs_official"] > 0 and got["inputs"] == "the first 5 test images of digits"
     assert json.loads(out.read_text())["end_to_end"][0]["correct"] == row["correct"]

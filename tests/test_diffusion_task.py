@@ -11,6 +11,7 @@ from lightning.pytorch import Trainer, seed_everything
 
 from diffclf.data import DigitsDataModule
 from diffclf.diffusion.scoring import ScoringOptions
+from diffclf.models.ema import update_ema
 from diffclf.strategies import Exhaustive
 from diffclf.tasks import DiffusionClassifier
 from diffclf.tasks.checkpoints import load_task
@@ -292,10 +293,19 @@ def test_compiled_scoring_gives_the_eager_predictions(trained: tuple) -> None:
     module.set_scoring(compile=False)
     eager = module.classify(x, index)
     module.set_scoring(compile=True)
+    kept = {k: v.clone() for k, v in module.ema.state_dict().items()}
     try:
         compiled = module.classify(x, index)
+        # The EMA moves between evaluations during fit: compiled scoring must see the new weights.
+        update_ema(module.ema, module.dit, 0.0)
+        moved = module.classify(x, index)
+        module.set_scoring(compile=False)
+        moved_eager = module.classify(x, index)
     finally:
+        module.ema.load_state_dict(kept)
         module.set_scoring(compile=False)
     assert "_compiled_ema" not in dict(module.named_modules())  # checkpoints keep one copy of the weights
     assert torch.equal(eager.scores.argmax(1), compiled.scores.argmax(1))
     torch.testing.assert_close(compiled.columns["mean_error"], eager.columns["mean_error"], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(moved_eager.columns["mean_error"], eager.columns["mean_error"], rtol=1e-3)
+    torch.testing.assert_close(moved.columns["mean_error"], moved_eager.columns["mean_error"], rtol=1e-4, atol=1e-6)

@@ -13,17 +13,20 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import Tensor
 
 from diffclf.configs import load_preset
+from diffclf.diffusion.compiled import FrozenCompiled
 from diffclf.diffusion.precision import resolve_precision
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Scorer
 from diffclf.metrics.provenance import provenance
-from diffclf.models.dit import DiT, create_dit, dit_flops
+from diffclf.models.dit import create_dit, dit_flops
 from diffclf.strategies import Exhaustive, Strategy
 
 
@@ -39,7 +42,7 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 
 def time_forward(
-    model: torch.nn.Module, batch: int, shape: tuple[int, int, int], num_classes: int,
+    model: Callable[[Tensor, Tensor, Tensor], Tensor], batch: int, shape: tuple[int, int, int], num_classes: int,
     device: torch.device, dtype: torch.dtype | None, min_seconds: float,
 ) -> float:
     """Denoiser forwards per second at one batch size (inputs made once, outside the timing)."""
@@ -67,13 +70,14 @@ def time_forward(
 
 
 def time_strategy(
-    strategy: Strategy, dit: DiT, schedule: NoiseSchedule, images: torch.Tensor, class_ids: torch.Tensor,
-    batch_size: int, dtype: torch.dtype | None,
+    strategy: Strategy, dit: Callable[[Tensor, Tensor, Tensor], Tensor], schedule: NoiseSchedule, images: Tensor,
+    class_ids: Tensor, batch_size: int, dtype: torch.dtype | None, num_classes: int,
 ) -> tuple[float, float]:
-    """(seconds per image, forwards per image) of classifying ``images`` with ``strategy``."""
+    """(seconds per image, forwards per image) of classifying ``images`` with ``strategy`` (``dit``: the
+    denoiser, eager or compiled; ``num_classes``: its class table's size)."""
     scorer = Scorer(
         dit, schedule, images.shape[1], max_draws=strategy.max_draws, batch_size=batch_size,
-        autocast_dtype=dtype, num_classes=dit.num_classes, order=strategy.draw_order, antithetic=strategy.antithetic,
+        autocast_dtype=dtype, num_classes=num_classes, order=strategy.draw_order, antithetic=strategy.antithetic,
     )
     index = torch.arange(images.shape[0], device=images.device)
     with torch.no_grad():
@@ -150,7 +154,8 @@ def bench(
         batch_sizes: denoiser batch sizes to try (default 1, 8, 32, 128, 512).
         precision: ``bf16`` runs under autocast; ``auto``: bf16 where the device has native bf16, else fp32
             (``scoring.precision: auto``).
-        compile: wrap the denoiser in ``torch.compile``.
+        compile: run the denoiser through ``torch.compile`` with frozen weights, as ``scoring.compile`` does
+            (:class:`~diffclf.diffusion.compiled.FrozenCompiled`).
         device: ``auto``, ``cpu`` or ``cuda``.
         peak_tflops: the device's peak, to report the achieved share (MFU).
         strategies: strategy presets or YAML files to time per image (default exhaustive, adaptive_small,
@@ -193,7 +198,7 @@ def bench(
         shape = (dit.in_channels, dit.input_size, dit.input_size)
         flops = dit_flops(dit.config)
         config = dit.config
-    runner = torch.compile(dit) if compile else dit
+    runner = FrozenCompiled(dit) if compile else dit
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     rows = []
@@ -215,7 +220,7 @@ def bench(
     imgs = torch.randn(images, *shape, generator=gen).to(dev)
     trials = max(engine_trials, -(-8 * best["batch"] // (images * k)))  # at least 8 full batches
     engine_sec, engine_fwd = time_strategy(
-        Exhaustive(trials=trials), runner, schedule, imgs, class_ids, best["batch"], dtype
+        Exhaustive(trials=trials), runner, schedule, imgs, class_ids, best["batch"], dtype, dit.num_classes
     )
     engine_fps = engine_fwd / engine_sec
     print(f"engine at batch {best['batch']}: {engine_fps:.1f} forwards/s = "
@@ -223,7 +228,7 @@ def bench(
     per_strategy = {}
     for spec in strategies if strategies is not None else ["exhaustive", "adaptive_small", "ttest"]:
         strat = load_preset("strategy", spec, Strategy, "--strategies")
-        sec, fwd = time_strategy(strat, runner, schedule, imgs, class_ids, best["batch"], dtype)
+        sec, fwd = time_strategy(strat, runner, schedule, imgs, class_ids, best["batch"], dtype, dit.num_classes)
         per_strategy[spec] = {"seconds_per_image": sec, "forwards_per_image": fwd}
         print(f"strategy {spec:20s}: {sec:8.3f} s/image  {fwd:9.0f} forwards/image  ({k} classes)")
     result = {

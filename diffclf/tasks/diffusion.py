@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from diffclf.data.label_spaces import label_space_logits, label_space_scores
+from diffclf.diffusion.compiled import FrozenCompiled
 from diffclf.diffusion.hybrid import elbo_cross_entropy, hybrid_candidates
 from diffclf.diffusion.losses import (
     TimestepDensity,
@@ -398,7 +399,7 @@ class DiffusionClassifier(ClassifierTask):
             return self.ema(x_t, t, y)
         if getattr(self, "_compiled_ema", None) is None:
             # Not a registered submodule: checkpoints keep one copy of the weights under ``ema.``.
-            object.__setattr__(self, "_compiled_ema", torch.compile(self.ema))
+            object.__setattr__(self, "_compiled_ema", FrozenCompiled(self.ema))
         return self._compiled_ema(x_t, t, y)
 
     def scorer(self) -> Scorer:
