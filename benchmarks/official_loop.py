@@ -273,8 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--engine_precisions", nargs="+", default=["32"], choices=("32", "bf16", "auto"),
                         help="engine precisions to time (bf16: autocast; auto: bf16 where native; the official "
                              "loop is always fp32)")
-    parser.add_argument("--engine_compile", nargs="+", default=["off"], choices=("off", "on"),
-                        help="engine rows without and/or with torch.compile of the denoiser (on: a first run "
+    parser.add_argument("--engine_compile", nargs="+", default=["off"], choices=("off", "on", "unfrozen"),
+                        help="engine rows without and/or with torch.compile of the denoiser (on: as scoring.compile, "
+                             "weights frozen; unfrozen: without freezing, to measure what it buys; a first run "
                              "compiles, a second is timed; both reported)")
     parser.add_argument("--data", default=None, help="a data preset or YAML: its first --images test images with "
                                                      "labels instead of random inputs (needs --ckpt_path)")
@@ -333,10 +334,14 @@ def main(argv: list[str] | None = None) -> dict:
           + (f", {100 * official['accuracy']:.2f}% [{100 * official['ci_low']:.2f}, {100 * official['ci_high']:.2f}]"
              if targets else ""), flush=True)
     engine = []
-    compiled = FrozenCompiled(dit) if "on" in args.engine_compile else None
-    rows = ((p, c == "on", b) for p in args.engine_precisions for c in args.engine_compile for b in args.engine_batch_sizes)
-    for precision, compile_, b in rows:
-        denoiser = compiled if compile_ else dit
+    denoisers = {"off": dit, "on": FrozenCompiled(dit), "unfrozen": FrozenCompiled(dit, freeze=False)}
+    rows = ((p, c, b) for p in args.engine_precisions for c in args.engine_compile for b in args.engine_batch_sizes)
+    compiled_as = None
+    for precision, mode, b in rows:
+        denoiser, compile_ = denoisers[mode], mode != "off"
+        if compile_ and compiled_as not in (None, mode):
+            torch.compiler.reset()  # torch's cache would serve one mode's graphs to the other's wrapper
+        compiled_as = mode if compile_ else compiled_as
         run = functools.partial(engine_eval, denoiser, latents, class_ids, args.keep, args.trials, schedule,
                                 all_noise, b, args.loss, precision, dit.num_classes)
         first = None
@@ -355,10 +360,11 @@ def main(argv: list[str] | None = None) -> dict:
                "agrees_with_official": sum(int(a == o) for a, o in zip(result.pred.tolist(), preds)),
                "speedup_vs_official": official["seconds_per_image"] / (sec / args.images)}
         if first is not None:
+            row["frozen"] = mode == "on"
             row["first_run_seconds_per_image"] = first / args.images
             row["first_run_speedup_vs_official"] = official["seconds_per_image"] / (first / args.images)
         engine.append(row)
-        print(f"diffclf engine, {precision}{' + compile' if compile_ else ''}, batch {b}: "
+        print(f"diffclf engine, {precision}{'' if mode == 'off' else ' + compile' + (' (unfrozen)' if mode == 'unfrozen' else '')}, batch {b}: "
               f"{row['forwards_per_s']:.1f} forwards/s, {row['seconds_per_image']:.3f} "
               f"s/image = {row['speedup_vs_official']:.2f}x the official loop"
               + (f" (first run, compiling: {row['first_run_speedup_vs_official']:.2f}x)" if first is not None else "")

@@ -273,6 +273,15 @@ def test_bad_pipeline_folders_give_one_clear_line(sd_dir: Path, tmp_path: Path) 
         TextToImageModel(v_dir, prediction_type="epsilon")
 
 
+def test_scoring_options_it_cannot_run_are_refused_before_the_pipeline_loads(tmp_path: Path) -> None:
+    """A record must not say ``compile: true`` for an eager run (the option is DiffusionClassifier's)."""
+    missing = str(tmp_path / "no_pipeline")
+    with pytest.raises(ValueError, match=r"scoring.compile is not supported by TextDiffusionClassifier"):
+        TextDiffusionClassifier(pretrained=missing, scoring=ScoringOptions(compile=True))
+    with pytest.raises(ValueError, match=r"scoring.flip_views: a zero-shot model"):
+        TextDiffusionClassifier(pretrained=missing, scoring=ScoringOptions(flip_views=True))
+
+
 def test_a_prompt_file_for_other_classes_is_refused(sd_dir: Path, cifar: Path, tmp_path: Path) -> None:
     names = list(CIFAR10)
     names[3] = "kitten"

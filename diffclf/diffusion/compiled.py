@@ -38,10 +38,16 @@ _FROZEN: WeakKeyDictionary[nn.Module, tuple[tuple[int, int], ...]] = WeakKeyDict
 
 class FrozenCompiled:
     """Calls ``module`` through ``torch.compile`` with frozen weights and without gradients; a call after
-    the weights changed clears torch's compile caches first (see the module docstring for why)."""
+    the weights changed clears torch's compile caches first (see the module docstring for why).
 
-    def __init__(self, module: nn.Module) -> None:
+    ``freeze=False`` compiles without freezing (the weights are read at every call): what benchmarks
+    compare with to measure what freezing buys; the cache check stays, as a frozen graph of the same
+    module may still be in torch's cache.
+    """
+
+    def __init__(self, module: nn.Module, freeze: bool = True) -> None:
         self.module = module
+        self.freeze = bool(freeze)
         self._compiled = torch.compile(module)
 
     def __call__(self, *args: Tensor) -> Tensor:
@@ -51,5 +57,5 @@ class FrozenCompiled:
             torch.compiler.reset()
             _FROZEN.clear()
         _FROZEN[self.module] = current
-        with torch.no_grad(), inductor_config.patch(freezing=True):
+        with torch.no_grad(), inductor_config.patch(freezing=self.freeze):
             return self._compiled(*args)

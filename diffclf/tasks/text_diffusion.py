@@ -96,6 +96,9 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
         if self.scoring.flip_views:
             raise ValueError("model.init_args.scoring.flip_views: a zero-shot model was not trained on mirrored views of "
                              "these images; turn it off")
+        if self.scoring.compile:
+            raise ValueError("model.init_args.scoring.compile is not supported by TextDiffusionClassifier (it would be "
+                             "recorded but not run); turn it off")
         self.t2i = TextToImageModel(pretrained, torch.float32 if dtype == "auto" else DTYPES[dtype], prediction_type)
         self.strategy: Strategy = strategy if strategy is not None else Exhaustive(trials=100)
         self.noise_bank = read_noise_bank(noise_path) if noise_path is not None else None
