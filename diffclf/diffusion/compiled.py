@@ -2,11 +2,12 @@
 
 Scoring never trains, so inductor may treat the weights as constants (``torch._inductor.config.freezing``):
 it folds the bf16 casts of autocast into the weights and, on CPU, prepacks them for oneDNN's (AMX) matmuls.
-Measured on a 2-vCPU Xeon 6/167 with AMX, one thread, Fashion-MNIST DiT-T/4 at batch 32 under bf16 autocast:
-about 2,500-2,700 forwards/s frozen against 1,800-1,900 compiled without freezing and 1,400 eager
-(``benchmarks/results/official_loop_cpu/``). The flag only takes effect when it is set while the code is
-compiled; ``torch.compile(..., options={"freezing": True})`` does not freeze (measured: no speed-up), so the
-calls run inside ``torch._inductor.config.patch``.
+Measured on a 2-vCPU Xeon 6/167 with AMX, one thread, Fashion-MNIST DiT-T/4 under bf16 autocast on the
+official loop's schedule (``benchmarks/results/official_loop_cpu/fashion_dit_t4_keep3-1_trials20-100_xeon_freezing.json``):
+2,574 / 2,984 forwards/s frozen at batch 32 / 256 against 1,752 / 1,873 compiled without freezing, and 1,316 /
+1,353 eager (``..._xeon_compile.json``). The flag only takes effect when it is set while the code is
+compiled; ``torch.compile(..., options={"freezing": True})`` did not freeze when tried with torch 2.14 (it ran at
+the unfrozen speed), so the calls run inside ``torch._inductor.config.patch``.
 
 Frozen code bakes in the weights' *values*, and torch's compile cache is process-wide and outlives a
 wrapper: after an in-place change of the same weights (an EMA update between evaluations, ``load_state_dict``)
