@@ -55,3 +55,21 @@ def test_frozen_compile_keeps_two_modules_apart(inputs) -> None:
     torch.testing.assert_close(first(*inputs), _eager(a, inputs), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(second(*inputs), _eager(b, inputs), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(first(*inputs), _eager(a, inputs), rtol=1e-4, atol=1e-5)
+
+
+def test_the_weights_are_really_frozen_and_writes_through_data_go_unseen(inputs) -> None:
+    """Freezing is on: a write through ``.data`` (which bypasses the version counter, so the fingerprint cannot see
+    it) leaves the frozen graph on its old constants, while the unfrozen one reads the new weights. Mutation tried:
+    the freezing patch left off (``freezing=False`` for both), the frozen assertion fails."""
+    outputs = {}
+    for freeze in (True, False):
+        torch.compiler.reset()
+        dit = _dit(5)
+        compiled = FrozenCompiled(dit, freeze=freeze)
+        compiled(*inputs)
+        for p in dit.parameters():
+            p.data.mul_(0.5)
+        outputs[freeze] = (compiled(*inputs), _eager(dit, inputs))
+    frozen, eager = outputs[True]
+    assert (frozen - eager).abs().max() > 1e-2
+    torch.testing.assert_close(*outputs[False], rtol=1e-4, atol=1e-5)

@@ -14,7 +14,8 @@ wrapper: after an in-place change of the same weights (an EMA update between eva
 even a new ``torch.compile`` of the module runs the old constants (measured). So the weights' fingerprint
 (storage and version counter of every parameter and buffer) at their last frozen compile is kept per module,
 as long as the module lives, beside torch's cache it mirrors; a call that finds it moved clears torch's compile
-caches (``torch.compiler.reset``: every compiled module recompiles on its next call) before running.
+caches (``torch.compiler.reset``: every compiled module recompiles on its next call) before running. A write
+through ``.data`` bypasses the version counter and goes unseen (DiT writes so only while it is built).
 """
 
 from __future__ import annotations
