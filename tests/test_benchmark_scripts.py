@@ -247,7 +247,12 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
     assert train_cost[chosen] == min(train_cost.values())  # the fit rule with no accuracy constraint
     assert result["live"]["replay_matches_live"] is True
     assert len(result["profile"]["timestep_scale"]) == 4
-    assert {"racing pooled+strat+tiers z=2.5 min=3", "racing pooled+strat t a=0.02 min=2"} <= set(test_rows)
+    assert {"racing pooled+strat+tiers z=2.5 min=3", "racing pooled+strat t a=0.02 min=2",
+            "racing pooled+tiers+screen s=2.0 t a=0.02 min=2"} <= set(test_rows)
+    within = [r for r in result["train"] if r["accuracy_diff_own_points"] >= -0.5 and r["name"].startswith(("racing", "ttest pooled"))]
+    bound = result["targets"]["at_bound"]  # the second fit rule: the target's own 0.5 points on the training images
+    assert bound["train"]["forwards_per_image"] == min(r["forwards_per_image"] for r in within)
+    assert bound["pct_of_exhaustive"] == test_rows[bound["name"]]["forwards_pct_of_exhaustive"]
     preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
     chosen_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[preset["class_path"]]
     assert preset["init_args"]["max_trials"] == 8

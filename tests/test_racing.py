@@ -43,7 +43,7 @@ def von_neumann_variance(diffs, times):
 
 def reference_racing(
     errors, timesteps, threshold, min_trials, round_size, scale=None, snr=None, T=1000, pooled=False, cap=None,
-    stratified=False, t_critical=False, antithetic=False,
+    stratified=False, t_critical=False, antithetic=False, screen=None,
 ):
     """An image-at-a-time racing loop written from the method's description, not from the package.
 
@@ -51,7 +51,9 @@ def reference_racing(
     most draws any class gets; ``stratified``: variances are von Neumann's, over the scored draws in
     timestep order; ``t_critical``: the threshold is scipy's Student-t quantile (``n - 1`` dof) at the
     threshold's normal tail probability; ``antithetic``: draws ``2m, 2m + 1`` are partners, ordered by the pair's
-    best priority, and every statistic is over the pair means (``n`` = pairs, a pair's time its first draw's).
+    best priority, and every statistic is over the pair means (``n`` = pairs, a pair's time its first draw's);
+    ``screen`` ``(limit, sd)``: from the first round on, a class also goes when the sum of its draws' differences
+    to the leader, each over ``sd`` at its timestep bin, exceeds ``limit * sqrt(n)`` (a z-test of known variance).
     """
     out_pred, out_fwd = [], []
     D = errors.shape[-1]
@@ -64,16 +66,26 @@ def reference_racing(
         order = [k for m in sorted(range(D // 2), key=lambda m: -prio[m]) for k in (2 * m, 2 * m + 1)]
     else:
         order = sorted(range(D), key=lambda k: -snr[b[k]]) if snr else list(range(D))
+    first = round_size if screen else min_trials
     for e in errors.double().tolist():
         alive = list(range(len(e)))
         n, fwd = 0, 0
         while n < last and len(alive) > 1:
-            stop = min(max(n + round_size, min_trials), last)
+            stop = min(max(n + round_size, first), last)
             fwd += len(alive) * (stop - n)
             n = stop
             z = {c: [e[c][k] * w[k] for k in order[:n]] for c in alive}
             lead = min(alive, key=lambda c: sum(z[c]) / n)
             diffs = {c: [a - bb for a, bb in zip(z[c], z[lead])] for c in alive}
+            screened = set()
+            if screen:  # tested on the same round's leader and rivals as the rule below, and dropped with its drops
+                bound, sd = screen
+                sb = [min(int(float(t) * len(sd) / T), len(sd) - 1) for t in timesteps]
+                known = {c: sum(d / (sd[sb[k]] * w[k]) for d, k in zip(diffs[c], order[:n])) for c in alive}
+                screened = {c for c in alive if known[c] > bound * math.sqrt(n)}
+            if n < min_trials:
+                alive = [c for c in alive if c not in screened]
+                continue
             times = [timesteps[k] for k in order[:n]]
             if antithetic:
                 diffs = {c: [(d[i] + d[i + 1]) / 2 for i in range(0, n, 2)] for c, d in diffs.items()}
@@ -93,7 +105,7 @@ def reference_racing(
                 var = var_of[c]
                 stat = m / math.sqrt(var / units) if var > 0 else (math.inf if m > 0 else math.nan)
                 limit = scipy_stats.t.ppf(scipy_stats.norm.cdf(threshold), units - 1) if t_critical else threshold
-                if not stat > limit:
+                if not stat > limit and c not in screened:
                     keep.append(c)
             alive = keep
         z = {c: sum(e[c][k] * w[k] for k in order[:n]) / n for c in alive}
@@ -137,6 +149,79 @@ def test_pooled_racing_with_a_cap_matches_an_independent_reimplementation(thresh
     # pooling changes which classes go: the per-pair rule on the same table spends differently
     per_pair, _ = classify(Racing(threshold, min_trials, D, round_size, trial_cap=cap), errors)
     assert not torch.equal(per_pair.forwards, result.forwards)
+
+
+@pytest.mark.parametrize(
+    "threshold,min_trials,round_size,bound,kwargs",
+    [
+        (2.0, 2, 1, 2.0, {"variance": "pooled", "critical": "t", "standard_error": "stratified", "tiers": True}),
+        (1.5, 3, 2, 1.5, {"profile": True}),
+        (2.5, 4, 1, 3.0, {"variance": "pooled", "trial_cap": 13}),
+    ],
+)
+def test_screened_racing_matches_an_independent_reimplementation(threshold, min_trials, round_size, bound, kwargs):
+    errors, _ = synthetic_table(7)
+    scorer = ReplayScorer(errors, {i: i for i in range(N)}, K)
+    ts = scorer.timesteps(torch.tensor([0]))[0]
+    sd, _ = fit_timestep_profile(errors, ts, num_bins=4)  # the screen's bins need not be the profile's
+    scale, snr = fit_timestep_profile(errors, ts, num_bins=5)
+    kw = dict(kwargs)
+    profile, tiers = kw.pop("profile", False), kw.pop("tiers", False)
+    if tiers:
+        snr = [1.0 if v >= 0.1 * max(scale) else 0.0 for v in scale]
+    use_scale, use_snr = (scale, snr) if profile else (None, snr if tiers else None)
+    strategy = Racing(threshold, min_trials, D, round_size, timestep_scale=use_scale, timestep_snr=use_snr,
+                      screen=bound, screen_scale=sd, **kw)
+    result, _ = classify(strategy, errors)
+    pred, fwd = reference_racing(
+        errors, ts.tolist(), threshold, min_trials, round_size, use_scale, use_snr, pooled=kw.get("variance") == "pooled",
+        cap=kw.get("trial_cap"), stratified=kw.get("standard_error") == "stratified", t_critical=kw.get("critical") == "t",
+        screen=(bound, sd),
+    )
+    assert torch.equal(result.pred, pred)
+    assert torch.equal(result.forwards, fwd)
+    unscreened, _ = classify(
+        Racing(threshold, min_trials, D, round_size, timestep_scale=use_scale, timestep_snr=use_snr, **kw), errors
+    )
+    assert int(result.forwards.sum()) < int(unscreened.forwards.sum())  # the screen did drop classes earlier
+
+
+def test_a_screen_that_never_fires_changes_nothing():
+    """Its first rounds are shorter (the screen tests from draw one), but with nothing screened every class
+    gets the same draws and the rule after ``min_trials`` sees the same table."""
+    errors, _ = synthetic_table(2)
+    ts = ReplayScorer(errors, {i: i for i in range(N)}, K).timesteps(torch.tensor([0]))[0]
+    sd, _ = fit_timestep_profile(errors, ts, num_bins=5)
+    plain, _ = classify(Racing(2.0, 4, D, 1, variance="pooled", critical="t"), errors)
+    silent, _ = classify(Racing(2.0, 4, D, 1, variance="pooled", critical="t", screen=1e9, screen_scale=sd), errors)
+    assert torch.equal(plain.pred, silent.pred)
+    assert torch.equal(plain.forwards, silent.forwards)
+
+
+def test_the_screen_saves_forwards_on_far_classes_and_keeps_the_answers():
+    """The case it is for: the pooled t rule's critical value is 12.7 after two draws, so classes far behind
+    wait for draw three or four; a known per-draw scale lets them go after one or two. Close calls stay with
+    the t rule (the scale is the decisive pairs' root mean square, which overstates a close pair's noise)."""
+    n, k, d = 300, 10, 60
+    g = torch.Generator().manual_seed(11)
+    base = 3 * torch.randn(n, 1, d, generator=g, dtype=torch.float64)  # shared by every class: cancels
+    gap = torch.cat([torch.zeros(n, 1, 1), 0.6 + 0.4 * torch.rand(n, 1, 1, generator=g, dtype=torch.float64),
+                     2.0 + 2.0 * torch.rand(n, k - 2, 1, generator=g, dtype=torch.float64)], dim=1)
+    errors = (base + gap + torch.randn(n, k, d, generator=g, dtype=torch.float64)).float()
+    index = torch.arange(n)
+    ts = ReplayScorer.from_run(errors, index, k).timesteps(index[:1])[0]
+    sd, _ = fit_timestep_profile(errors[: n // 2], ts, num_bins=5)  # fitted on one half
+    z = statistics.NormalDist().inv_cdf(1 - 0.02 / 2)
+    runs = {}
+    for name, extra in (("t", {}), ("screened", {"screen": 2.0, "screen_scale": sd})):
+        scorer = ReplayScorer.from_run(errors, index, k)
+        strategy = Racing(z, 2, d, 1, variance="pooled", critical="t", **extra)
+        runs[name] = strategy.classify(scorer, torch.zeros(n, 1, 2, 2), index)
+    far = runs["t"].num_draws[:, 2:].double().mean()
+    assert float(runs["screened"].num_draws[:, 2:].double().mean()) < 0.7 * float(far)
+    held_out = slice(n // 2, n)  # class 0 is right; the runner-up trails by 0.6-1.0, the others by 2-4
+    accuracy = {name: float((run.pred[held_out] == 0).double().mean()) for name, run in runs.items()}
+    assert accuracy["t"] >= 0.99 and accuracy["screened"] >= 0.98  # raw differences against 2.0: 0.94
 
 
 def test_the_pooled_variance_loses_the_winner_less_often_at_the_same_cost():
@@ -310,6 +395,10 @@ def test_fit_timestep_profile_recovers_scale_and_signal():
         ({"trial_cap": 300, "max_trials": 250}, "trial_cap"),
         ({"standard_error": "successive"}, "standard_error"),
         ({"critical": "student"}, "critical"),
+        ({"screen": 2.0}, "screen and screen_scale"),
+        ({"screen_scale": [1.0]}, "screen and screen_scale"),
+        ({"screen": 0.0, "screen_scale": [1.0]}, "screen must be > 0"),
+        ({"screen": 2.0, "screen_scale": [1.0, -1.0]}, "screen_scale"),
     ],
 )
 def test_racing_refuses_bad_arguments(kwargs, match):
