@@ -504,13 +504,34 @@ def test_precision_compare_counts_changed_predictions_and_their_margins() -> Non
     assert 0 < low < 1000 / 3 < high < 1000
 
 
+def test_precision_fits_the_recheck_margin_from_the_largest_margin_change() -> None:
+    """By hand, on the bf16 run's two best classes: image 0 margin (2.0 - 1.0) / 1.0 = 1.0 in both runs; image 1
+    (1.0 - 1.01) / 1.01 in fp32 (classes ordered by bf16) against (1.01 - 1.00) / 1.00 = 0.01 in bf16, a change
+    of 0.01 + 0.01 / 1.01; image 2 0.5 in both. Mutation tried: the fp32 margin on fp32's own two best classes
+    (its absolute value): image 1's change reads 0, the margin 0, and the test fails."""
+    precision = _script("precision")
+    ref = _precision_run([[1.0, 2.0, 3.0], [1.00, 1.01, 2.0], [2.0, 1.0, 1.5]], [0, 0, 1], seconds=3.0)
+    bf16 = _precision_run([[1.0, 2.0, 3.1], [1.01, 1.00, 2.0], [2.0, 1.0, 1.5]], [0, 0, 1], seconds=2.0)
+    fit = precision.fit_recheck(ref, bf16)
+    assert fit["margin"] == pytest.approx(0.01 + 0.01 / 1.01)
+    assert fit["images"] == 3 and fit["changed_predictions"] == 1
+    assert fit["rechecked_share"] == pytest.approx(1 / 3)  # only image 1's bf16 margin (0.01) is under it
+
+
 @needs_ckpt
 def test_precision_script_writes_its_record_on_real_images(tmp_path: Path) -> None:
     precision = _script("precision")
     out = tmp_path / "prec"
     result = precision.main(["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "6", "--draws", "2",
-                             "--precisions", "32", "bf16", "bf16+compile", "--threads", "1", "--out", str(out)])
-    ref, bf16, compiled = result["rows"]
+                             "--precisions", "32", "bf16", "bf16+compile", "bf16+recheck", "--fit_limit", "5",
+                             "--threads", "1", "--out", str(out)])
+    ref, bf16, compiled, rechecked = result["rows"]
+    fit = result["meta"]["recheck_fits"]["bf16"]
+    assert fit["split"] == "train" and fit["images"] == 5 and rechecked["recheck"] == fit["margin"] > 0
+    assert rechecked["forwards_per_image"] >= bf16["forwards_per_image"]  # fp32 re-scores of its close calls
+    with pytest.raises(SystemExit, match="give the margin as --recheck or fit it with --fit_limit"):
+        precision.main(["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--limit", "2", "--draws", "2",
+                        "--precisions", "32", "bf16+recheck", "--out", str(tmp_path / "bad")])
     assert ref["precision"] == "32" and ref["changed"] == 0 and ref["forwards_per_image"] == 20.0
     assert bf16["precision"] == "bf16" and 0 < bf16["max_relative_mean_error_change"] < 0.1  # it ran in bf16
     assert compiled["precision"] == "bf16+compile" and 0 < compiled["max_relative_mean_error_change"] < 0.1

@@ -280,6 +280,8 @@ def test_scoring_options_it_cannot_run_are_refused_before_the_pipeline_loads(tmp
         TextDiffusionClassifier(pretrained=missing, scoring=ScoringOptions(compile=True))
     with pytest.raises(ValueError, match=r"scoring.flip_views: a zero-shot model"):
         TextDiffusionClassifier(pretrained=missing, scoring=ScoringOptions(flip_views=True))
+    with pytest.raises(ValueError, match=r"scoring.recheck is not supported by TextDiffusionClassifier"):
+        TextDiffusionClassifier(pretrained=missing, scoring=ScoringOptions(recheck=0.01))
 
 
 def test_a_prompt_file_for_other_classes_is_refused(sd_dir: Path, cifar: Path, tmp_path: Path) -> None:

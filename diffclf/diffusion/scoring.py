@@ -185,6 +185,10 @@ class ScoringOptions:
             with AMX it is what takes diffclf past twice the official loop at the same schedule; compiling
             costs seconds per batch shape, so it pays back over a run, not over a handful of images.
         temperature: ``p(c|x) = softmax(-err_c / temperature)``.
+        recheck: with a reduced precision, the two best classes of every image whose relative margin (runner-up
+            minus winner mean error on the draws they share, over the winner's) is below this are scored again
+            in fp32 on those draws, and the fp32 order decides (:mod:`diffclf.strategies.recheck`); fit it on
+            training images (``benchmarks/precision.py --fit_limit``). 0: off. Ignored in fp32.
     """
 
     design: Literal["even", "stratified", "uniform"] = "even"
@@ -199,10 +203,13 @@ class ScoringOptions:
     precision: Literal["32", "bf16", "auto"] = "32"
     compile: bool = False
     temperature: float = 1.0
+    recheck: float = 0.0
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"scoring.temperature must be > 0, got {self.temperature}")
+        if not (self.recheck >= 0 and math.isfinite(self.recheck)):
+            raise ValueError(f"scoring.recheck must be a finite relative margin >= 0 (0: off), got {self.recheck}")
         if self.precision not in ("32", "bf16", "auto"):
             raise ValueError(f"scoring.precision must be '32', 'bf16' or 'auto', got {self.precision!r}")
 
@@ -230,6 +237,8 @@ class ScoringOptions:
         }
         if self.antithetic or antithetic:  # only when on: records written before the option still compare equal
             out["antithetic"] = True
+        if self.recheck > 0 and precision != "32":  # likewise, and only where it runs
+            out["recheck"] = self.recheck
         if why is not None:
             out["precision_auto"] = why
         return out
@@ -565,6 +574,15 @@ class Scorer:
             yield
         finally:
             self._views = previous
+
+    @contextlib.contextmanager
+    def full_precision(self) -> Iterator[None]:
+        """Within the block the denoiser runs without autocast (fp32): the same draws, re-scored exactly."""
+        previous, self.autocast_dtype = self.autocast_dtype, None
+        try:
+            yield
+        finally:
+            self.autocast_dtype = previous
 
     def _mirror_of(self, x: Tensor) -> Tensor:
         if self._views is not None and self._views[0] is x:

@@ -33,6 +33,7 @@ from diffclf.models.checkpoints import read_checkpoint
 from diffclf.models.dit import DiT, create_dit
 from diffclf.models.ema import ema_decay_at, make_ema, update_ema
 from diffclf.strategies import Classification, Exhaustive, Prefilter, Strategy
+from diffclf.strategies.recheck import recheck_close_calls
 from diffclf.tasks.base import CandidateMaps, ClassifierTask, Scored, best_of_ids
 from diffclf.tasks.optim import LRSchedule, lr_factor
 
@@ -429,7 +430,8 @@ class DiffusionClassifier(ClassifierTask):
                 "score the images through model.init_args.vae (the prefilter then sees the pixels) or drop the prefilter"
             )
         if not (self.scoring.flip_views and latent):
-            return self.strategy.classify(self.scorer(), x, index, maps.ids, images=images)
+            scorer = self.scorer()
+            return self._rechecked(self.strategy.classify(scorer, x, index, maps.ids, images=images), scorer, x, index)
         if self.inputs_are_latents:
             raise ValueError(
                 "model.init_args.scoring.flip_views: the mirror image of cached latents is the encoding of the "
@@ -440,7 +442,14 @@ class DiffusionClassifier(ClassifierTask):
         # flip-equivariant, and training saw encoded mirror images), not the mirrored latents.
         scorer = self.scorer()
         with scorer.mirrored_views(x, self.encode(images.flip(-1), sample=False)):
-            return self.strategy.classify(scorer, x, index, maps.ids, images=images)
+            return self._rechecked(self.strategy.classify(scorer, x, index, maps.ids, images=images), scorer, x, index)
+
+    def _rechecked(self, result: Classification, scorer: Scorer, x: Tensor, index: Tensor) -> Classification:
+        """``result`` with its close calls re-scored in fp32 (``scoring.recheck``), where the scorer runs in bf16."""
+        if self.scoring.recheck <= 0 or scorer.autocast_dtype is None:
+            return result
+        result, _ = recheck_close_calls(result, scorer, x, index, self.scoring.recheck)
+        return result
 
     def elbo_scale(self) -> float:
         """Nats per unit of mean error: ``D * T / 2`` for ``D`` dimensions and ``T`` timesteps.

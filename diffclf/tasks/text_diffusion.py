@@ -99,6 +99,9 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
         if self.scoring.compile:
             raise ValueError("model.init_args.scoring.compile is not supported by TextDiffusionClassifier (it would be "
                              "recorded but not run); turn it off")
+        if self.scoring.recheck:
+            raise ValueError("model.init_args.scoring.recheck is not supported by TextDiffusionClassifier (it would be "
+                             "recorded but not run); set it to 0")
         self.t2i = TextToImageModel(pretrained, torch.float32 if dtype == "auto" else DTYPES[dtype], prediction_type)
         self.strategy: Strategy = strategy if strategy is not None else Exhaustive(trials=100)
         self.noise_bank = read_noise_bank(noise_path) if noise_path is not None else None

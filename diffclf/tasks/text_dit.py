@@ -270,6 +270,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
             raise ValueError(f"model.init_args.combine must be error or best; got {combine!r}")
         if self.scoring.compile:
             raise ValueError("model.init_args.scoring.compile is not supported by TextDiTClassifier; turn it off")
+        if self.scoring.recheck:
+            raise ValueError("model.init_args.scoring.recheck is not supported by TextDiTClassifier; set it to 0")
         self.schedule = NoiseSchedule(num_timesteps, beta_start, beta_end)
         self.val_timesteps = list(val_timesteps or [50, 250, 500, 750, 950])
         if any(not 0 <= t < num_timesteps for t in self.val_timesteps):
