@@ -238,9 +238,6 @@ def main(argv: list[str] | None = None) -> dict:
         n = len(runs[precision]["target"])
         acc = float((runs[precision]["pred"] == runs[precision]["target"]).double().mean())
         print(f"{precision}: {pct(acc)}% on {n} images, {runs[precision]['seconds'] / n:.4f} s/image", flush=True)
-        n = len(runs[precision]["target"])
-        acc = float((runs[precision]["pred"] == runs[precision]["target"]).double().mean())
-        print(f"{precision}: {pct(acc)}% on {n} images, {runs[precision]['seconds'] / n:.4f} s/image", flush=True)
     result = compare(runs)
     _, why = resolve_precision("auto", task.device)
     result["meta"] = {
