@@ -122,6 +122,17 @@ def from_table(table: ScoreTable, stage: Tensor | None = None, tiebreak: Tensor 
     )
 
 
+def slot_runs(slots: list[int]) -> list[tuple[int, int]]:
+    """``slots`` as ``[start, stop)`` runs of consecutive draws: one scorer call (and host sync) per run."""
+    runs: list[tuple[int, int]] = []
+    for k in slots:
+        if runs and runs[-1][1] == k:
+            runs[-1] = (runs[-1][0], k + 1)
+        else:
+            runs.append((k, k + 1))
+    return runs
+
+
 VARIANCES = ("pair", "pooled")
 
 

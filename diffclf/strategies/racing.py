@@ -74,6 +74,7 @@ from diffclf.strategies.base import (
     check_spread,
     from_table,
     pooled_rival_variance,
+    slot_runs,
     successive_difference_variance,
 )
 
@@ -81,17 +82,6 @@ from diffclf.strategies.base import (
 def _bins(timesteps: Tensor, num_bins: int, num_timesteps: int) -> Tensor:
     """Bin ``j`` of each timestep: ``t`` in ``[j T / J, (j + 1) T / J)``."""
     return (timesteps.double() * num_bins / num_timesteps).long().clamp(0, num_bins - 1)
-
-
-def _runs(slots: list[int]) -> list[tuple[int, int]]:
-    """``slots`` as ``[start, stop)`` runs of consecutive draws: one scorer call (and host sync) per run."""
-    runs: list[tuple[int, int]] = []
-    for k in slots:
-        if runs and runs[-1][1] == k:
-            runs[-1] = (runs[-1][0], k + 1)
-        else:
-            runs.append((k, k + 1))
-    return runs
 
 
 def fit_timestep_profile(
@@ -298,7 +288,7 @@ class Racing(Strategy):
         while n < cap:
             stop = min(max(n + self.round_size, first), cap)
             active = remaining & ~finished.unsqueeze(1)
-            spent = sum(scorer.score(table, x, index, a, b, active) for a, b in _runs(order[n:stop]))
+            spent = sum(scorer.score(table, x, index, a, b, active) for a, b in slot_runs(order[n:stop]))
             if spent == 0:  # every image is done
                 break
             n, rounds = stop, rounds + 1

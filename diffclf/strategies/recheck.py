@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from diffclf.diffusion.scoring import Scorer, ScoreTable
-from diffclf.strategies.base import Classification
+from diffclf.strategies.base import Classification, slot_runs
 
 
 def finalists(result: Classification) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -43,17 +43,6 @@ def finalists(result: Classification) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     m2 = torch.where(shared, e2, 0.0).sum(dim=1) / count.clamp(min=1)
     margin = torch.where(count > 0, (m2 - m1) / m1, torch.full_like(m1, math.nan))
     return first, second, shared, margin
-
-
-def _runs(slots: Tensor) -> list[tuple[int, int]]:
-    """The ``True`` entries of ``slots`` ``(D,)`` as ``[start, stop)`` runs: one scorer call per run."""
-    out: list[tuple[int, int]] = []
-    for k in slots.nonzero().flatten().tolist():
-        if out and out[-1][1] == k:
-            out[-1] = (out[-1][0], k + 1)
-        else:
-            out.append((k, k + 1))
-    return out
 
 
 def recheck_close_calls(
@@ -83,7 +72,7 @@ def recheck_close_calls(
     active = close.unsqueeze(1).expand(B, 2)
     needed = (shared & close.unsqueeze(1)).any(dim=0)
     with scorer.full_precision():
-        for a, b in _runs(needed):
+        for a, b in slot_runs(needed.nonzero().flatten().tolist()):
             scorer.score(table, x, index, a, b, active)
     fp32 = table.errors[:, :, : shared.shape[1]]
     keep = shared & close.unsqueeze(1)
