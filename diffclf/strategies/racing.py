@@ -46,8 +46,9 @@ a third of digits' signal per draw, flat over t, so standardising and reordering
   divided by it, and a class goes once ``sqrt(n)`` times their mean exceeds ``screen``: a z-test whose variance
   is known, so it needs no degrees of freedom. The scale is a root mean square over decisive pairs, mean
   included, so it overstates the noise of a close pair and the screen leaves close calls to the t rule. On
-  Fashion-MNIST's test images (``benchmarks/results/error_control/fashion.md``) it cut the pooled t rule's
-  forwards by 15-20% (alpha 0.02: 5.66% of exhaustive-250's to 4.79%, the same accuracy).
+  Fashion-MNIST's test images (``benchmarks/results/error_control/fashion.md``) it cut the t-rule rows'
+  forwards by 8-31% (more at lower ``screen``; alpha 0.02, screen 2.5: 5.66% of exhaustive-250's to 4.79%,
+  the same accuracy).
 
 Racing on paired differences with common random numbers follows Maron & Moore's Hoeffding races and the
 successive-elimination bandits (Even-Dar, Mannor & Mansour 2006), with the diffusion classifier's shared

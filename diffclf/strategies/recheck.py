@@ -70,16 +70,15 @@ def recheck_close_calls(
         forwards=torch.zeros(B, dtype=torch.long, device=x.device),
     )
     active = close.unsqueeze(1).expand(B, 2)
-    needed = (shared & close.unsqueeze(1)).any(dim=0)
+    keep = shared & close.unsqueeze(1)  # the draws each re-scored pair shared
+    needed = keep.any(dim=0)
     with scorer.full_precision():
         for a, b in slot_runs(needed.nonzero().flatten().tolist()):
             scorer.score(table, x, index, a, b, active)
     fp32 = table.errors[:, :, : shared.shape[1]]
-    keep = shared & close.unsqueeze(1)
     errors = result.errors.clone()
     for j, pos in enumerate((first, second)):
-        current = errors[rows, pos]
-        errors[rows, pos] = torch.where(keep, fp32[:, j], current)
+        errors[rows, pos] = torch.where(keep, fp32[:, j], errors[rows, pos])
     means = [torch.where(keep, errors[rows, pos].double(), 0.0).sum(dim=1) for pos in (first, second)]
     swap = close & (means[1] < means[0])
     stage, tiebreak = result.stage.clone(), result.tiebreak.clone()
@@ -87,11 +86,8 @@ def recheck_close_calls(
         a, b = values[rows, first].clone(), values[rows, second].clone()
         values[rows, first] = torch.where(swap, b, a)
         values[rows, second] = torch.where(swap, a, b)
-    mean_error = torch.where(
-        (~torch.isnan(errors)).any(dim=-1), errors.nanmean(dim=-1), torch.full_like(result.mean_error, math.nan)
-    )
-    rechecked = Classification(
-        result.candidates, mean_error, result.num_draws, result.forwards + table.forwards,
+    rechecked = Classification(  # nanmean: NaN where a class was never scored, as before
+        result.candidates, errors.nanmean(dim=-1), result.num_draws, result.forwards + table.forwards,
         stage=stage, tiebreak=tiebreak, errors=errors,
     )
     return rechecked, close
