@@ -67,10 +67,14 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
         torch.set_num_threads(args.threads)
     started = provenance(args, argv)  # the commit and tree the draws were made with, not those at the end
     try:
-        dm, batches = split_batches(args.data, parse_overrides(args.data_arg), args.limit, split=args.split)
+        dm, batches = split_batches(
+            args.data, parse_overrides(args.data_arg), args.limit, split=args.split, skip=args.skip
+        )
         task = load_diffusion_task(args.ckpt_path, dm)
     except (FileNotFoundError, TypeError, ValueError) as err:
         raise SystemExit(f"error: {err}") from None
+    if not batches:
+        raise SystemExit(f"error: --skip {args.skip}: the {args.split} split has no images after the first {args.skip}")
     task.set_scoring(compile=args.compile, antithetic=args.antithetic)
     strategy = Exhaustive(trials=args.draws)
     run = run_live(task, strategy, batches, keep_table=True)
@@ -82,6 +86,7 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
         "global_step": ckpt.get("global_step"),
         "data": args.data,
         "split": args.split,
+        "skip": args.skip,
         "draws": args.draws,
         "scoring": task.scoring.record(task.device),
         "seed": task.hparams.seed,
@@ -639,7 +644,8 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--data", default="digits", help="data preset or YAML")
     rec.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
     rec.add_argument("--split", choices=["test", "train"], default="test")
-    rec.add_argument("--limit", type=int, default=None, help="the first N images of the split")
+    rec.add_argument("--limit", type=int, default=None, help="the first N images of the split (after --skip)")
+    rec.add_argument("--skip", type=int, default=0, help="leave out the split's first N images (record in parts)")
     rec.add_argument("--draws", type=int, default=250, help="draws per class of the reference")
     rec.add_argument("--compile", action="store_true", help="score with torch.compile")
     rec.add_argument("--antithetic", action="store_true", help="draws in antithetic pairs (eps, -eps)")

@@ -58,10 +58,16 @@ def parse_overrides(pairs: Sequence[str], option: str = "--data_arg") -> dict[st
 
 
 def split_batches(
-    data: str, overrides: Mapping[str, Any] | None = None, limit: int | None = None, split: str = "test"
+    data: str,
+    overrides: Mapping[str, Any] | None = None,
+    limit: int | None = None,
+    split: str = "test",
+    skip: int = 0,
 ) -> tuple[LightningDataModule, list[Batch]]:
-    """The data module of preset (or YAML) ``data`` and the first ``limit`` images of ``split`` as
-    ``(images, target, index)`` batches: every run of an analysis classifies exactly these.
+    """The data module of preset (or YAML) ``data`` and the first ``limit`` images of ``split`` after its
+    first ``skip`` as ``(images, target, index)`` batches: every run of an analysis classifies exactly these.
+    ``skip`` lets a long recording run in parts (one per core) whose draws are those of one run, since the
+    noise is keyed by each image's dataset index.
 
     ``split="train"`` reads training images in file order without flips: a place to choose scoring
     options that is not the test split (the denoiser has seen these images, so absolute accuracy there
@@ -69,6 +75,8 @@ def split_batches(
     """
     if split not in ("test", "train"):
         raise ValueError(f"--split {split!r}: expected 'test' or 'train'")
+    if skip < 0:
+        raise ValueError(f"--skip {skip}: expected a count of images >= 0")
     dm = load_preset("data", data, LightningDataModule, "--data", dict(overrides or {}))
     if split == "test":
         dm.setup("test")
@@ -80,6 +88,9 @@ def split_batches(
     batches: list[Batch] = []
     seen = 0
     for images, target, index in loader:
+        drop = min(skip, len(index))
+        skip -= drop
+        images, target, index = images[drop:], target[drop:], index[drop:]
         take = len(index) if limit is None else min(len(index), limit - seen)
         if take > 0:
             batches.append((images[:take], target[:take], index[:take]))
