@@ -4,6 +4,9 @@
     python benchmarks/error_control.py record --ckpt_path CKPT --data fashion_mnist --data_arg image_size=28 \\
         --split test --limit 1000 --out benchmarks/results/error_control/tables/fashion_test.pt
     python benchmarks/error_control.py record ... --split train --limit 500 --out .../fashion_train.pt
+    # (optional) a longer table in parts, one per core, merged into one (the draws are those of one run)
+    python benchmarks/error_control.py record ... --split train --skip 500 --limit 750 --out .../part1.pt
+    python benchmarks/error_control.py merge --table .../fashion_train.pt --table .../part1.pt ... --out .../all.pt
     # (optional) the same images' antithetic draws, pairs (eps, -eps) at neighbouring t, for the `anti` rows
     python benchmarks/error_control.py record ... --antithetic --out .../fashion_test_antithetic.pt
     python benchmarks/error_control.py record ... --split train --limit 500 --antithetic --out .../fashion_train_antithetic.pt
@@ -116,6 +119,48 @@ def record(args: argparse.Namespace, argv: list[str]) -> None:
         f"{run['seconds'] / n:.3f} s/image; written {out}",
         flush=True,
     )
+
+
+# what every part of one table must share: the same model, images' split, draws and scoring
+SAME_IN_PARTS = ("ckpt_path", "global_step", "data", "split", "draws", "scoring", "seed")
+
+
+def merge(args: argparse.Namespace, argv: list[str]) -> None:
+    """Tables recorded in parts (``record --skip``) as one: the parts must share model, data, draws and
+    scoring and together cover consecutive images from the split's first, so that ``evaluate`` reads the
+    merged table as one ``record`` over the first N images."""
+    parts = sorted((load_table(path) | {"path": path} for path in args.table), key=lambda t: int(t["index"][0]))
+    first = parts[0]
+    for part in parts[1:]:
+        for key in SAME_IN_PARTS:
+            if part["meta"].get(key) != first["meta"].get(key):
+                raise SystemExit(
+                    f"error: {part['path']}: its {key} {part['meta'].get(key)!r} is not "
+                    f"{first['path']}'s {first['meta'].get(key)!r}; parts of one table share it"
+                )
+        if not torch.equal(part["timesteps"], first["timesteps"]) or not torch.equal(
+            part["candidates"], first["candidates"]
+        ):
+            raise SystemExit(f"error: {part['path']}: other timesteps or candidates than {first['path']}")
+    index = torch.cat([t["index"] for t in parts])
+    if not torch.equal(index, torch.arange(len(index))):
+        raise SystemExit(
+            "error: --table: the parts must cover images 0..N-1 of the split once each, in consecutive runs "
+            f"(they start at {[int(t['index'][0]) for t in parts]} with {[len(t['index']) for t in parts]} images)"
+        )
+    joined = {key: torch.cat([t[key] for t in parts]) for key in ("errors", "index", "target", "pred", "forwards")}
+    meta = {
+        **{key: first["meta"][key] for key in SAME_IN_PARTS},
+        **provenance(argparse.Namespace(ckpt_path=first["meta"]["ckpt_path"]), argv),
+        "accuracy": float((joined["pred"] == joined["target"]).double().mean()),
+        "seconds": sum(t["meta"]["seconds"] for t in parts),
+        "parts": [{"path": t["path"], **t["meta"]} for t in parts],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": meta, **joined, "candidates": first["candidates"], "timesteps": first["timesteps"]}, out)
+    print(f"{meta['split']}: {len(index)} images from {len(parts)} parts, exhaustive-{meta['draws']} accuracy "
+          f"{pct(meta['accuracy'])}%; written {out}", flush=True)
 
 
 THRESHOLDS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
@@ -651,6 +696,9 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--antithetic", action="store_true", help="draws in antithetic pairs (eps, -eps)")
     rec.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     rec.add_argument("--out", required=True, help="the table's .pt file")
+    mg = sub.add_parser("merge", help="tables recorded in parts (record --skip) as one table")
+    mg.add_argument("--table", action="append", required=True, help="a part's .pt file (repeat, any order)")
+    mg.add_argument("--out", required=True, help="the merged table's .pt file")
     ev = sub.add_parser("evaluate", help="fit on the training table, replay on the test table, time the winner")
     ev.add_argument("--train", required=True, help="the training split's table (`record --split train`)")
     ev.add_argument("--test", required=True, help="the test split's table")
@@ -673,6 +721,8 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     if args.command == "record":
         record(args, argv)
+    elif args.command == "merge":
+        merge(args, argv)
     else:
         evaluate(args, argv)
 

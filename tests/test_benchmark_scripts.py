@@ -265,6 +265,31 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
 
 
 @needs_ckpt
+def test_error_control_parts_recorded_with_skip_merge_into_the_one_run_table(tmp_path: Path) -> None:
+    common = ["record", "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--draws", "6", "--threads", "1",
+              "--split", "train"]
+    error_control.main([*common, "--limit", "7", "--out", str(tmp_path / "whole.pt")])
+    error_control.main([*common, "--limit", "3", "--out", str(tmp_path / "a.pt")])
+    error_control.main([*common, "--skip", "3", "--limit", "4", "--out", str(tmp_path / "b.pt")])
+    error_control.main(["merge", "--table", str(tmp_path / "b.pt"), "--table", str(tmp_path / "a.pt"),
+                        "--out", str(tmp_path / "merged.pt")])
+    whole, merged = (torch.load(tmp_path / f"{n}.pt", weights_only=False) for n in ("whole", "merged"))
+    assert merged["index"].tolist() == list(range(7))
+    for key in ("index", "target", "pred", "forwards", "candidates", "timesteps"):
+        assert torch.equal(merged[key], whole[key]), key
+    torch.testing.assert_close(merged["errors"], whole["errors"])  # the same draws: noise keyed by dataset index
+    assert merged["meta"]["accuracy"] == whole["meta"]["accuracy"] and len(merged["meta"]["parts"]) == 2
+    with pytest.raises(SystemExit, match="cover images 0..N-1 .* start at \\[3\\]"):
+        error_control.main(["merge", "--table", str(tmp_path / "b.pt"), "--out", str(tmp_path / "bad.pt")])
+    error_control.main([*common, "--skip", "3", "--limit", "4", "--draws", "5", "--out", str(tmp_path / "c.pt")])
+    with pytest.raises(SystemExit, match="c.pt: its draws 5 is not .*a.pt's 6"):
+        error_control.main(["merge", "--table", str(tmp_path / "a.pt"), "--table", str(tmp_path / "c.pt"),
+                            "--out", str(tmp_path / "bad.pt")])
+    with pytest.raises(SystemExit, match="--skip 5000: the train split has no images after the first 5000"):
+        error_control.main([*common, "--skip", "5000", "--out", str(tmp_path / "none.pt")])
+
+
+@needs_ckpt
 def test_error_control_fits_and_replays_antithetic_tables_against_the_plain_reference(tmp_path: Path) -> None:
     common = ["--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--draws", "8", "--threads", "1"]
     for split, limit in (("test", "4"), ("train", "6")):
