@@ -604,6 +604,14 @@ def preset_yaml(strategy: Strategy, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded_by(table_meta: dict) -> str:
+    """How a table was recorded: its command, or a merged table's parts' commands and the merge."""
+    if "parts" not in table_meta:
+        return f"`{table_meta['command']}`"
+    parts = "; ".join(f"`{p['command']}`" for p in table_meta["parts"])
+    return f"recorded in parts by {parts}, merged by `{table_meta['command']}`"
+
+
 def markdown(result: dict) -> str:
     meta, live, tg = result["meta"], result["live"], result["targets"]
     test_meta = meta["test_table"]
@@ -617,7 +625,7 @@ def markdown(result: dict) -> str:
         (f"- reference: exhaustive, {test_meta['draws']} draws per class, recorded live by "
         f"`{test_meta['command']}` ({meta['exhaustive_seconds_per_image']:.3f} s/image, "
         f"{test_meta['device']['device']})"),
-        (f"- knobs fitted on {result['chosen']['train']['images']} training images (`{meta['train_table']['command']}`): "
+        (f"- knobs fitted on {result['chosen']['train']['images']} training images ({recorded_by(meta['train_table'])}): "
         f"{meta['fit_rule']}. The checkpoint trained on those images, so the fit sees an easier problem than the test."),
         f"- command: `{meta['command']}`",
     ]
@@ -677,7 +685,6 @@ def markdown(result: dict) -> str:
             f"| {r['forwards_per_image']:.1f} | {r['forwards_pct_of_exhaustive']:.2f} |"
         )
     return "\n".join(lines) + "\n"
-
 
 
 def main(argv: list[str] | None = None) -> None:

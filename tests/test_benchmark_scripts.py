@@ -279,6 +279,15 @@ def test_error_control_parts_recorded_with_skip_merge_into_the_one_run_table(tmp
         assert torch.equal(merged[key], whole[key]), key
     torch.testing.assert_close(merged["errors"], whole["errors"])  # the same draws: noise keyed by dataset index
     assert merged["meta"]["accuracy"] == whole["meta"]["accuracy"] and len(merged["meta"]["parts"]) == 2
+    error_control.main([*common[:-1], "test", "--limit", "3", "--out", str(tmp_path / "te.pt")])
+    error_control.main([
+        "evaluate", "--train", str(tmp_path / "merged.pt"), "--test", str(tmp_path / "te.pt"),
+        "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--threads", "1", "--bins", "4",
+        "--max_drop_points", "100", "--min_agreement", "0", "--out", str(tmp_path / "ec"),
+    ])
+    assert json.loads((tmp_path / "ec.json").read_text())["chosen"]["train"]["images"] == 7
+    md = (tmp_path / "ec.md").read_text()
+    assert "recorded in parts by `python benchmarks/error_control.py record " in md and "--skip 3" in md
     with pytest.raises(SystemExit, match="cover images 0..N-1 .* start at \\[3\\]"):
         error_control.main(["merge", "--table", str(tmp_path / "b.pt"), "--out", str(tmp_path / "bad.pt")])
     error_control.main([*common, "--skip", "3", "--limit", "4", "--draws", "5", "--out", str(tmp_path / "c.pt")])
