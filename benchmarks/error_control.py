@@ -127,8 +127,9 @@ SAME_IN_PARTS = ("ckpt_path", "global_step", "data", "split", "draws", "scoring"
 
 def merge(args: argparse.Namespace, argv: list[str]) -> None:
     """Tables recorded in parts (``record --skip``) as one: the parts must share model, data, draws and
-    scoring and together cover consecutive images from the split's first, so that ``evaluate`` reads the
-    merged table as one ``record`` over the first N images."""
+    scoring and together cover consecutive images, so that ``evaluate`` reads the merged table as one
+    ``record`` over those images (from the split's first for ``--train`` / ``--test``, later ones for
+    ``--holdout``)."""
     parts = sorted((load_table(path) | {"path": path} for path in args.table), key=lambda t: int(t["index"][0]))
     first = parts[0]
     for part in parts[1:]:
@@ -143,9 +144,10 @@ def merge(args: argparse.Namespace, argv: list[str]) -> None:
         ):
             raise SystemExit(f"error: {part['path']}: other timesteps or candidates than {first['path']}")
     index = torch.cat([t["index"] for t in parts])
-    if not torch.equal(index, torch.arange(len(index))):
+    start = int(index[0])
+    if not torch.equal(index, torch.arange(start, start + len(index))):
         raise SystemExit(
-            "error: --table: the parts must cover images 0..N-1 of the split once each, in consecutive runs "
+            "error: --table: the parts must cover consecutive images of the split once each "
             f"(they start at {[int(t['index'][0]) for t in parts]} with {[len(t['index']) for t in parts]} images)"
         )
     joined = {key: torch.cat([t[key] for t in parts]) for key in ("errors", "index", "target", "pred", "forwards")}
@@ -153,6 +155,7 @@ def merge(args: argparse.Namespace, argv: list[str]) -> None:
         **{key: first["meta"][key] for key in SAME_IN_PARTS},
         **provenance(argparse.Namespace(ckpt_path=first["meta"]["ckpt_path"]), argv),
         "accuracy": float((joined["pred"] == joined["target"]).double().mean()),
+        "skip": start,
         "seconds": sum(t["meta"]["seconds"] for t in parts),
         "parts": [{"path": t["path"], **t["meta"]} for t in parts],
     }
@@ -470,6 +473,25 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
                 f"error: {option} {getattr(args, option[2:])}: recorded on the {table['meta']['split']} split, "
                 f"expected {split} (knobs are fitted on training images only)"
             )
+    holdout = None if args.holdout is None else load_table(args.holdout)
+    if holdout is not None:
+        first = int(holdout["index"][0])
+        if holdout["meta"]["split"] != "test" or is_antithetic(holdout):
+            raise SystemExit(f"error: --holdout {args.holdout}: expected a plain table of the test split")
+        if first < len(test["index"]) or not torch.equal(
+            holdout["index"], torch.arange(first, first + len(holdout["index"]))
+        ):
+            raise SystemExit(
+                f"error: --holdout {args.holdout}: expected consecutive test images after --test's "
+                f"{len(test['index'])} (`record --skip {len(test['index'])}`), got images from {first}"
+            )
+        for key in SAME_IN_PARTS:
+            if holdout["meta"].get(key) != test["meta"].get(key):
+                raise SystemExit(
+                    f"error: --holdout {args.holdout}: its {key} {holdout['meta'].get(key)!r} is not "
+                    f"--test's {test['meta'].get(key)!r}"
+                )
+        tables.append(("--holdout", holdout, "test", False))
     draws = test["errors"].shape[-1]
     for option, table, _, _ in tables:
         if table["errors"].shape[-1] != draws:
@@ -517,6 +539,17 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     live_row["replay_matches_live"] = bool(
         live_row["correct"] == rep_row["correct"] and live_row["forwards_per_image"] == rep_row["forwards_per_image"]
     )
+    holdout_rows = None
+    if holdout is not None:  # the fitted choices once more, on test images the issue's set does not include
+        _, holdout_batches = split_batches(
+            args.data, overrides, len(holdout["index"]), split="test", skip=int(holdout["index"][0])
+        )
+        fitted = [("exhaustive", Exhaustive(trials=draws)), (chosen["name"], strategy)]
+        if at_bound is not None and at_bound["name"] != chosen["name"]:
+            fitted.append((at_bound["name"], by_name[at_bound["name"]]))
+        holdout_rows = replayed(task, holdout_batches, holdout, fitted)
+        for row in holdout_rows:
+            row["met"] = met(row)
     n = len(test["index"])
     exh_s = test["meta"]["seconds"] / n
     best_peer = [r for r in test_rows if not r["name"].startswith(CANDIDATES) and r["name"] != "exhaustive"]
@@ -551,6 +584,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
              "antithetic_test_table": {"path": args.antithetic_test, **anti_test["meta"]}}
             if anti_train is not None else {}
         ),
+        **({"holdout_table": {"path": args.holdout, "index_first": int(holdout["index"][0]), **holdout["meta"]}}
+           if holdout is not None else {}),
         "exhaustive_seconds_per_image": exh_s,
         "fit_rule": (
             f"cheapest setting named {' or '.join(args.choose_from)}... within {args.max_drop_points} points of "
@@ -566,6 +601,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "targets": targets,
         "test": test_rows,
         "train": train_rows,
+        **({"holdout": holdout_rows} if holdout_rows is not None else {}),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -658,6 +694,21 @@ def markdown(result: dict) -> str:
              f"**{'met' if bound['met'] else 'not met'}** (replayed, not timed)."),
             "",
         ]
+    if "holdout" in result:
+        first = result["meta"]["holdout_table"]["index_first"]
+        rows = result["holdout"]
+        lines += [
+            (f"The fitted choices on {rows[0]['images']} further test images ({first} to {first + rows[0]['images'] - 1}, "
+             f"not in the target's set; {recorded_by(result['meta']['holdout_table'])}), replayed against their "
+             f"exhaustive-{result['meta']['test_table']['draws']} ({pct(rows[0]['accuracy'])}%):"),
+            "",
+            "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. | target |",
+            "|---|---|---|---|---|---|---|",
+            *(f"| {r['name']} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
+              f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {r['forwards_per_image']:.1f} "
+              f"| {r['forwards_pct_of_exhaustive']:.2f} | {'met' if r['met'] else 'not met'} |" for r in rows[1:]),
+            "",
+        ]
     lines += [
         "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. | s/image |",
         "|---|---|---|---|---|---|---|",
@@ -714,6 +765,8 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--data_arg", action="append", default=[], help="KEY=VALUE data init_arg override")
     ev.add_argument("--antithetic_train", default=None, help="the training table recorded with --antithetic")
     ev.add_argument("--antithetic_test", default=None, help="the test table recorded with --antithetic")
+    ev.add_argument("--holdout", default=None,
+                    help="a table of later test images (record --skip): the fitted choices replayed there too")
     ev.add_argument("--bins", type=int, default=10, help="timestep bins of the fitted profile")
     ev.add_argument("--max_drop_points", type=float, default=0.25, help="fit rule: accuracy points below exhaustive")
     ev.add_argument("--min_agreement", type=float, default=0.995, help="fit rule: agreement with exhaustive")

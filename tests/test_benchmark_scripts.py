@@ -279,17 +279,33 @@ def test_error_control_parts_recorded_with_skip_merge_into_the_one_run_table(tmp
         assert torch.equal(merged[key], whole[key]), key
     torch.testing.assert_close(merged["errors"], whole["errors"])  # the same draws: noise keyed by dataset index
     assert merged["meta"]["accuracy"] == whole["meta"]["accuracy"] and len(merged["meta"]["parts"]) == 2
-    error_control.main([*common[:-1], "test", "--limit", "3", "--out", str(tmp_path / "te.pt")])
-    error_control.main([
-        "evaluate", "--train", str(tmp_path / "merged.pt"), "--test", str(tmp_path / "te.pt"),
-        "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--threads", "1", "--bins", "4",
-        "--max_drop_points", "100", "--min_agreement", "0", "--out", str(tmp_path / "ec"),
-    ])
-    assert json.loads((tmp_path / "ec.json").read_text())["chosen"]["train"]["images"] == 7
+    test = [*common[:-1], "test"]
+    error_control.main([*test, "--limit", "3", "--out", str(tmp_path / "te.pt")])
+    for name, skip in (("h1", "3"), ("h2", "5")):  # later test images, in two parts
+        error_control.main([*test, "--skip", skip, "--limit", "2", "--out", str(tmp_path / f"{name}.pt")])
+    error_control.main(["merge", "--table", str(tmp_path / "h2.pt"), "--table", str(tmp_path / "h1.pt"),
+                        "--out", str(tmp_path / "holdout.pt")])
+    evaluate = ["evaluate", "--train", str(tmp_path / "merged.pt"), "--test", str(tmp_path / "te.pt"),
+                "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--threads", "1", "--bins", "4",
+                "--max_drop_points", "100", "--min_agreement", "0"]
+    error_control.main([*evaluate, "--holdout", str(tmp_path / "holdout.pt"), "--out", str(tmp_path / "ec")])
+    result = json.loads((tmp_path / "ec.json").read_text())
+    assert result["chosen"]["train"]["images"] == 7
+    held = {r["name"]: r for r in result["holdout"]}
+    assert held["exhaustive"]["images"] == 4 and held["exhaustive"]["agreement"] == 1.0
+    holdout = torch.load(tmp_path / "holdout.pt", weights_only=False)
+    assert held["exhaustive"]["accuracy"] == float((holdout["pred"] == holdout["target"]).double().mean())
+    assert result["chosen"]["name"] in held and result["targets"]["at_bound"]["name"] in held
     md = (tmp_path / "ec.md").read_text()
     assert "recorded in parts by `python benchmarks/error_control.py record " in md and "--skip 3" in md
-    with pytest.raises(SystemExit, match="cover images 0..N-1 .* start at \\[3\\]"):
-        error_control.main(["merge", "--table", str(tmp_path / "b.pt"), "--out", str(tmp_path / "bad.pt")])
+    assert "on 4 further test images (3 to 6" in md
+    with pytest.raises(SystemExit, match="--holdout .*te.pt: expected consecutive test images after --test's 3"):
+        error_control.main([*evaluate, "--holdout", str(tmp_path / "te.pt"), "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="--holdout .*merged.pt: expected a plain table of the test split"):
+        error_control.main([*evaluate, "--holdout", str(tmp_path / "merged.pt"), "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit, match="must cover consecutive images .* start at \\[0, 5\\]"):
+        error_control.main(["merge", "--table", str(tmp_path / "te.pt"), "--table", str(tmp_path / "h2.pt"),
+                            "--out", str(tmp_path / "bad.pt")])
     error_control.main([*common, "--skip", "3", "--limit", "4", "--draws", "5", "--out", str(tmp_path / "c.pt")])
     with pytest.raises(SystemExit, match="c.pt: its draws 5 is not .*a.pt's 6"):
         error_control.main(["merge", "--table", str(tmp_path / "a.pt"), "--table", str(tmp_path / "c.pt"),
