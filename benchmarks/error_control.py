@@ -447,6 +447,20 @@ def choose(
     return min(ok, key=lambda r: (r["forwards_per_image"], -r["accuracy"]))
 
 
+def choose_at_budget(rows: list[dict], max_pct: float, candidates: tuple[str, ...] = CANDIDATES) -> dict | None:
+    """The most accurate candidate row (against the exhaustive answer of its own draws; then the most in
+    agreement with it, then the cheapest) within ``max_pct`` of exhaustive's forwards on the training images.
+
+    The target's two bounds read the other way round from :func:`choose`: a row's share of forwards moves
+    by a few percent from training to test images, while 1,000 images measure accuracy to about half a
+    point, so the cheapest row within the accuracy bound sits where that noise put it, and the most
+    accurate row within the forwards bound keeps the most room under the accuracy bound."""
+    ok = [r for r in rows if r["name"].startswith(candidates) and r["forwards_pct_of_exhaustive"] <= max_pct]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r["accuracy_diff_own_points"], r["agreement_own"], -r["forwards_per_image"]))
+
+
 def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     """Fit the profile and the racing / pooled t-test knobs on the training table; replay everything on the
     test table."""
@@ -521,6 +535,7 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         at_bound = choose(train_rows, TARGET_POINTS, 0.0, tuple(args.choose_from))
     except SystemExit:
         at_bound = None
+    at_budget = choose_at_budget(train_rows, args.budget_pct, tuple(args.choose_from))  # timed live, with its preset
     by_name = dict(grid + anti_grid)
     strategy = by_name[chosen["name"]]
     print(f"chosen on the training images: {chosen['name']} ({chosen['forwards_per_image']:.1f} forwards)", flush=True)
@@ -539,35 +554,55 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     live_row["replay_matches_live"] = bool(
         live_row["correct"] == rep_row["correct"] and live_row["forwards_per_image"] == rep_row["forwards_per_image"]
     )
+    budget_live = None
+    if at_budget is not None:
+        budget_strategy = by_name[at_budget["name"]]
+        budget_rep = next(r for r in test_rows if r["name"] == at_budget["name"])
+        budget_live = summarise(
+            f"{at_budget['name']} (live)", budget_strategy, run_live(task, budget_strategy, test_batches), ref
+        )
+        budget_live["replay_matches_live"] = bool(
+            budget_live["correct"] == budget_rep["correct"]
+            and budget_live["forwards_per_image"] == budget_rep["forwards_per_image"]
+        )
     holdout_rows = None
     if holdout is not None:  # the fitted choices once more, on test images the issue's set does not include
         _, holdout_batches = split_batches(
             args.data, overrides, len(holdout["index"]), split="test", skip=int(holdout["index"][0])
         )
-        fitted = [("exhaustive", Exhaustive(trials=draws)), (chosen["name"], strategy)]
-        if at_bound is not None and at_bound["name"] != chosen["name"]:
-            fitted.append((at_bound["name"], by_name[at_bound["name"]]))
+        fitted = {"exhaustive": Exhaustive(trials=draws), chosen["name"]: strategy}
+        for rule in (at_bound, at_budget):
+            if rule is not None:
+                fitted[rule["name"]] = by_name[rule["name"]]
+        fitted = list(fitted.items())
         holdout_rows = replayed(task, holdout_batches, holdout, fitted)
         for row in holdout_rows:
             row["met"] = met(row)
     n = len(test["index"])
     exh_s = test["meta"]["seconds"] / n
     best_peer = [r for r in test_rows if not r["name"].startswith(CANDIDATES) and r["name"] != "exhaustive"]
-    bound_row = None if at_bound is None else next(r for r in test_rows if r["name"] == at_bound["name"])
+    def rule_row(rule: dict | None, live: dict | None = None) -> dict | None:
+        if rule is None:
+            return None
+        row = next(r for r in test_rows if r["name"] == rule["name"])
+        out = {
+            "name": row["name"],
+            "train": rule,
+            "accuracy_diff_points": row["accuracy_diff_points"],
+            "pct_of_exhaustive": row["forwards_pct_of_exhaustive"],
+            "met": met(row),
+        }
+        return out if live is None else {**out, "live": live}
     targets = {
         "within_points": TARGET_POINTS,
         "max_pct_of_exhaustive": TARGET_PCT,
+        "budget_pct": args.budget_pct,
         "accuracy_diff_points": rep_row["accuracy_diff_points"],
         "accuracy_diff_own_points": rep_row["accuracy_diff_own_points"],
         "pct_of_exhaustive": rep_row["forwards_pct_of_exhaustive"],
         "met": met(rep_row),
-        "at_bound": None if bound_row is None else {
-            "name": bound_row["name"],
-            "train": at_bound,
-            "accuracy_diff_points": bound_row["accuracy_diff_points"],
-            "pct_of_exhaustive": bound_row["forwards_pct_of_exhaustive"],
-            "met": met(bound_row),
-        },
+        "at_bound": rule_row(at_bound),
+        "at_budget": rule_row(at_budget, budget_live),
         "not_dominated_by_any_peer": all(
             r["forwards_per_image"] > rep_row["forwards_per_image"] or r["accuracy"] < rep_row["accuracy"]
             or (r["forwards_per_image"] == rep_row["forwards_per_image"] and r["accuracy"] == rep_row["accuracy"])
@@ -608,6 +643,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(markdown(result))
     out.with_name(out.name + "_preset.yaml").write_text(preset_yaml(strategy, meta))
+    if at_budget is not None:
+        out.with_name(out.name + "_budget_preset.yaml").write_text(preset_yaml(by_name[at_budget["name"]], meta))
     print(
         f"test: {rep_row['name']} {pct(rep_row['accuracy'])}% ({rep_row['accuracy_diff_points']:+.2f} vs exhaustive), "
         f"{rep_row['forwards_per_image']:.1f} forwards/image ({rep_row['forwards_pct_of_exhaustive']:.2f}%), "
@@ -683,15 +720,26 @@ def markdown(result: dict) -> str:
         f"{tg['not_dominated_by_any_peer']}."),
         "",
     ]
-    bound = tg.get("at_bound")
-    if bound is not None:
+    rules = (
+        ("at_bound", (f"the target's own bound as the fit rule instead (the cheapest row within "
+                      f"{tg['within_points']} points of its own exhaustive on the training images, no agreement floor")),
+        ("at_budget", (f"the target's forwards bound as the fit rule (the most accurate row against its own "
+                       f"exhaustive within {tg['budget_pct']}% of exhaustive's forwards on the training "
+                       "images")),
+    )
+    for key, rule in rules:
+        row = tg.get(key)
+        if row is None:
+            continue
+        live_row = row.get("live")
+        timed = "replayed, not timed" if live_row is None else (
+            f"live {live_row['seconds_per_image']:.4f} s/image, the live run reproduces its replay: "
+            f"{live_row['replay_matches_live']}; its preset is the `*_budget_preset.yaml` beside this report")
         lines += [
-            (f"With the target's own bound as the fit rule instead (the cheapest row within {tg['within_points']} "
-             f"points of its own exhaustive on the training images, no agreement floor; "
-             f"{bound['train']['accuracy_diff_own_points']:+.2f} points at "
-             f"{bound['train']['forwards_pct_of_exhaustive']:.2f}% there): **{bound['name']}**, on the test images "
-             f"{bound['accuracy_diff_points']:+.2f} points at {bound['pct_of_exhaustive']:.2f}%, "
-             f"**{'met' if bound['met'] else 'not met'}** (replayed, not timed)."),
+            (f"With {rule}; {row['train']['accuracy_diff_own_points']:+.2f} points at "
+             f"{row['train']['forwards_pct_of_exhaustive']:.2f}% there): **{row['name']}**, on the test images "
+             f"{row['accuracy_diff_points']:+.2f} points at {row['pct_of_exhaustive']:.2f}%, "
+             f"**{'met' if row['met'] else 'not met'}** ({timed})."),
             "",
         ]
     if "holdout" in result:
@@ -769,6 +817,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="a table of later test images (record --skip): the fitted choices replayed there too")
     ev.add_argument("--bins", type=int, default=10, help="timestep bins of the fitted profile")
     ev.add_argument("--max_drop_points", type=float, default=0.25, help="fit rule: accuracy points below exhaustive")
+    ev.add_argument("--budget_pct", type=float, default=TARGET_PCT,
+                    help="third fit rule (reported, timed): the most accurate row within this %% of exhaustive's forwards")
     ev.add_argument("--min_agreement", type=float, default=0.995, help="fit rule: agreement with exhaustive")
     ev.add_argument("--choose_from", action="append", default=None,
                     help="fit rule: only rows whose name starts with this (repeatable; default: racing, ttest pooled)")

@@ -236,7 +236,7 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
     error_control.main([
         "evaluate", "--train", str(tmp_path / "tr.pt"), "--test", str(tmp_path / "te.pt"),
         "--ckpt_path", str(DIGITS_CKPT), "--data", "digits", "--threads", "1", "--bins", "4",
-        "--max_drop_points", "100", "--min_agreement", "0", "--out", str(tmp_path / "ec"),
+        "--max_drop_points", "100", "--min_agreement", "0", "--budget_pct", "40", "--out", str(tmp_path / "ec"),
     ])
     result = json.loads((tmp_path / "ec.json").read_text())
     test_rows = {r["name"]: r for r in result["test"]}
@@ -253,6 +253,20 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
     bound = result["targets"]["at_bound"]  # the second fit rule: the target's own 0.5 points on the training images
     assert bound["train"]["forwards_per_image"] == min(r["forwards_per_image"] for r in within)
     assert bound["pct_of_exhaustive"] == test_rows[bound["name"]]["forwards_pct_of_exhaustive"]
+    budget = result["targets"]["at_budget"]  # the third: the most accurate row within --budget_pct of forwards
+    cheap = [r for r in result["train"] if r["forwards_pct_of_exhaustive"] <= 40 and r["name"].startswith(("racing", "ttest pooled"))]
+    # an independent reading of the rule: best accuracy against its own exhaustive, then agreement, then cost
+    best = max(r["accuracy_diff_own_points"] for r in cheap)
+    best_agree = max(r["agreement_own"] for r in cheap if r["accuracy_diff_own_points"] == best)
+    assert budget["train"]["accuracy_diff_own_points"] == best and budget["train"]["agreement_own"] == best_agree
+    assert budget["train"]["forwards_per_image"] == min(
+        r["forwards_per_image"] for r in cheap if r["accuracy_diff_own_points"] == best and r["agreement_own"] == best_agree
+    )
+    assert max(r["forwards_pct_of_exhaustive"] for r in result["train"]) > 40  # the bound excluded rows
+    assert budget["live"]["replay_matches_live"] is True
+    budget_preset = yaml.safe_load((tmp_path / "ec_budget_preset.yaml").read_text())
+    budget_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[budget_preset["class_path"]]
+    assert describe_strategy(budget_class(**budget_preset["init_args"])) == budget["train"]["strategy"]
     preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
     chosen_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[preset["class_path"]]
     assert preset["init_args"]["max_trials"] == 8
