@@ -447,6 +447,14 @@ def choose(
     return min(ok, key=lambda r: (r["forwards_per_image"], -r["accuracy"]))
 
 
+def budget_rule(budget_pct: float, candidates: list[str]) -> str:
+    """:func:`choose_at_budget`'s rule in words, for the reports and its preset file."""
+    return (
+        f"the most accurate setting named {' or '.join(candidates)}... against the exhaustive answer of its own "
+        f"draws within {budget_pct}% of exhaustive's forwards on the training images (ties: agreement, then forwards)"
+    )
+
+
 def choose_at_budget(rows: list[dict], max_pct: float, candidates: tuple[str, ...] = CANDIDATES) -> dict | None:
     """The most accurate candidate row (against the exhaustive answer of its own draws; then the most in
     agreement with it, then the cheapest) within ``max_pct`` of exhaustive's forwards on the training images.
@@ -644,7 +652,9 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     out.with_suffix(".md").write_text(markdown(result))
     out.with_name(out.name + "_preset.yaml").write_text(preset_yaml(strategy, meta))
     if at_budget is not None:
-        out.with_name(out.name + "_budget_preset.yaml").write_text(preset_yaml(by_name[at_budget["name"]], meta))
+        out.with_name(out.name + "_budget_preset.yaml").write_text(
+            preset_yaml(by_name[at_budget["name"]], meta, budget_rule(args.budget_pct, args.choose_from))
+        )
     print(
         f"test: {rep_row['name']} {pct(rep_row['accuracy'])}% ({rep_row['accuracy_diff_points']:+.2f} vs exhaustive), "
         f"{rep_row['forwards_per_image']:.1f} forwards/image ({rep_row['forwards_pct_of_exhaustive']:.2f}%), "
@@ -653,14 +663,15 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     )
 
 
-def preset_yaml(strategy: Strategy, meta: dict) -> str:
-    """The chosen strategy as a ``--model.init_args.strategy`` preset file: its class and every public argument."""
+def preset_yaml(strategy: Strategy, meta: dict, rule: str | None = None) -> str:
+    """A fitted strategy as a ``--model.init_args.strategy`` preset file: the rule that chose it (default the
+    chosen row's, ``meta["fit_rule"]``), its class and every public argument."""
     lines = [
         (
             f"# {type(strategy).__name__} fitted by benchmarks/error_control.py on "
             f"{meta['train_table']['split']} images of {meta['data']}"
         ),
-        f"# ({meta['ckpt_path']}, {meta['date'][:10]}): {meta['fit_rule']}.",
+        f"# ({meta['ckpt_path']}, {meta['date'][:10]}): {rule or meta['fit_rule']}.",
         f"class_path: diffclf.strategies.{type(strategy).__name__}",
         "init_args:",
     ]

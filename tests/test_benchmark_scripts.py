@@ -267,6 +267,7 @@ def test_error_control_records_fits_on_training_images_and_replays_what_runs_liv
     budget_preset = yaml.safe_load((tmp_path / "ec_budget_preset.yaml").read_text())
     budget_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[budget_preset["class_path"]]
     assert describe_strategy(budget_class(**budget_preset["init_args"])) == budget["train"]["strategy"]
+    assert "# (" in (text := (tmp_path / "ec_budget_preset.yaml").read_text()) and "the most accurate setting" in text
     preset = yaml.safe_load((tmp_path / "ec_preset.yaml").read_text())
     chosen_class = {"diffclf.strategies.Racing": Racing, "diffclf.strategies.PairedTTest": PairedTTest}[preset["class_path"]]
     assert preset["init_args"]["max_trials"] == 8

@@ -55,6 +55,18 @@ def test_every_strategy_preset_builds(preset: str) -> None:
     assert strategy.max_draws > 0
 
 
+@pytest.mark.parametrize(("preset", "record"), [
+    ("racing_screen_fashion", "fashion_preset.yaml"),
+    ("racing_budget_fashion", "fashion_train2000_budget_preset.yaml"),
+])
+def test_fitted_presets_are_the_strategies_their_records_chose(preset: str, record: str) -> None:
+    from diffclf.tasks.diffusion import describe_strategy
+
+    shipped = load_preset("strategy", preset, Strategy, "--strategies")
+    chosen = load_preset("strategy", str(REPO / "benchmarks" / "results" / "error_control" / record), Strategy, "--strategies")
+    assert describe_strategy(shipped) == describe_strategy(chosen)
+
+
 def test_every_subcommand_in_the_table_resolves_to_a_documented_function() -> None:
     import importlib
 
