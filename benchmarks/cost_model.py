@@ -104,8 +104,8 @@ def markdown(result: dict) -> str:
         "",
         f"- throughput: {tp['forwards_per_s']:,.0f} forwards/s ({kind}; {tp['source']}; device {tp['device']})",
         f"- date {result['date']}, commit {result['commit']}; command: `{result['command']}`",
-        "- forwards are counted from the strategies; the t-test row is its floor (what every class pays before the "
-        "first test), so its real cost is higher; a prefilter's accuracy is bounded by its top-k recall",
+        ("- forwards are counted from the strategies; the t-test row is its floor (what every class pays before the "
+         "first test), so its real cost is higher; a prefilter's accuracy is bounded by its top-k recall"),
         "",
         "| strategy | preset | forwards/image | GPU-hours | ≤ 1 GPU-hour | accuracy bound (top-k recall) |",
         "|---|---|---|---|---|---|",
