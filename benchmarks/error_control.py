@@ -469,6 +469,21 @@ def choose_at_budget(rows: list[dict], max_pct: float, candidates: tuple[str, ..
     return max(ok, key=lambda r: (r["accuracy_diff_own_points"], r["agreement_own"], -r["forwards_per_image"]))
 
 
+def rule_outcome(rule: dict | None, test_rows: list[dict], live: dict | None = None) -> dict | None:
+    """What a fit rule's training-image choice ``rule`` does on the test images (and live, when timed)."""
+    if rule is None:
+        return None
+    row = next(r for r in test_rows if r["name"] == rule["name"])
+    out = {
+        "name": row["name"],
+        "train": rule,
+        "accuracy_diff_points": row["accuracy_diff_points"],
+        "pct_of_exhaustive": row["forwards_pct_of_exhaustive"],
+        "met": met(row),
+    }
+    return out if live is None else {**out, "live": live}
+
+
 def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     """Fit the profile and the racing / pooled t-test knobs on the training table; replay everything on the
     test table."""
@@ -582,25 +597,12 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         for rule in (at_bound, at_budget):
             if rule is not None:
                 fitted[rule["name"]] = by_name[rule["name"]]
-        fitted = list(fitted.items())
-        holdout_rows = replayed(task, holdout_batches, holdout, fitted)
+        holdout_rows = replayed(task, holdout_batches, holdout, list(fitted.items()))
         for row in holdout_rows:
             row["met"] = met(row)
     n = len(test["index"])
     exh_s = test["meta"]["seconds"] / n
     best_peer = [r for r in test_rows if not r["name"].startswith(CANDIDATES) and r["name"] != "exhaustive"]
-    def rule_row(rule: dict | None, live: dict | None = None) -> dict | None:
-        if rule is None:
-            return None
-        row = next(r for r in test_rows if r["name"] == rule["name"])
-        out = {
-            "name": row["name"],
-            "train": rule,
-            "accuracy_diff_points": row["accuracy_diff_points"],
-            "pct_of_exhaustive": row["forwards_pct_of_exhaustive"],
-            "met": met(row),
-        }
-        return out if live is None else {**out, "live": live}
     targets = {
         "within_points": TARGET_POINTS,
         "max_pct_of_exhaustive": TARGET_PCT,
@@ -609,8 +611,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "accuracy_diff_own_points": rep_row["accuracy_diff_own_points"],
         "pct_of_exhaustive": rep_row["forwards_pct_of_exhaustive"],
         "met": met(rep_row),
-        "at_bound": rule_row(at_bound),
-        "at_budget": rule_row(at_budget, budget_live),
+        "at_bound": rule_outcome(at_bound, test_rows),
+        "at_budget": rule_outcome(at_budget, test_rows, budget_live),
         "not_dominated_by_any_peer": all(
             r["forwards_per_image"] > rep_row["forwards_per_image"] or r["accuracy"] < rep_row["accuracy"]
             or (r["forwards_per_image"] == rep_row["forwards_per_image"] and r["accuracy"] == rep_row["accuracy"])
