@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from diffclf.cli.allocator import keep_freed_memory
+from diffclf.metrics.accuracy import clopper_pearson
 from diffclf.metrics.provenance import command_line, git, machine, utc_now, working_tree_dirty
 from diffclf.models.checkpoints import read_checkpoint
 from diffclf.strategies import Adaptive, Exhaustive, PairedTTest, Racing, Strategy, fit_timestep_profile
@@ -484,6 +485,62 @@ def rule_outcome(rule: dict | None, test_rows: list[dict], live: dict | None = N
     return out if live is None else {**out, "live": live}
 
 
+def pooled_rows(test_rows: list[dict], holdout_rows: list[dict]) -> list[dict]:
+    """The holdout's strategies over the test and holdout images together (the first row is exhaustive): exact
+    intervals and the difference to the pooled exhaustive, from the two replays' counts."""
+    test = {r["name"]: r for r in test_rows}
+    out = []
+    for h in holdout_rows:
+        t = test[h["name"]]
+        n, correct = t["images"] + h["images"], t["correct"] + h["correct"]
+        forwards = (t["forwards_per_image"] * t["images"] + h["forwards_per_image"] * h["images"]) / n
+        low, high = clopper_pearson(correct, n)
+        out.append({
+            "name": h["name"], "images": n, "correct": correct, "accuracy": correct / n, "ci_low": low, "ci_high": high,
+            "forwards_per_image": forwards,
+            "agreement": (t["agreement"] * t["images"] + h["agreement"] * h["images"]) / n,
+        })
+    exh = out[0]
+    for row in out:
+        row["accuracy_diff_points"] = 100 * (row["accuracy"] - exh["accuracy"])
+        row["forwards_pct_of_exhaustive"] = 100 * row["forwards_per_image"] / exh["forwards_per_image"]
+        row["met"] = met(row)
+    return out
+
+
+def pool(args: argparse.Namespace, argv: list[str]) -> None:
+    """:func:`pooled_rows` of an ``evaluate --holdout`` record, written as ``OUT.json`` and ``OUT.md``."""
+    result = json.loads(Path(args.result).read_text())
+    if "holdout" not in result:
+        raise SystemExit(f"error: --result {args.result}: not an `evaluate --holdout` record (no holdout rows)")
+    rows = pooled_rows(result["test"], result["holdout"])
+    meta = {**provenance(argparse.Namespace(ckpt_path=result["meta"]["ckpt_path"]), argv), "result": args.result}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "pooled": rows}, indent=1))
+    lines = [
+        f"# The fitted choices of `{args.result}` over its test and holdout images together ({rows[0]['images']})",
+        "",
+        f"- date: {meta['date']}; commit {meta['commit']}" + (" (working tree dirty)" if meta["dirty"] else ""),
+        f"- command: `{meta['command']}` (counts read from the record; no model runs)",
+        "",
+        *target_table(rows),
+    ]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(target_table(rows)), flush=True)
+
+
+def target_table(rows: list[dict]) -> list[str]:
+    """Rows against exhaustive with the target's verdict, as a markdown table (holdout and pooled rows)."""
+    return [
+        "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. | target |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {r['name']} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
+          f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {r['forwards_per_image']:.1f} "
+          f"| {r['forwards_pct_of_exhaustive']:.2f} | {'met' if r['met'] else 'not met'} |" for r in rows),
+    ]
+
+
 def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
     """Fit the profile and the racing / pooled t-test knobs on the training table; replay everything on the
     test table."""
@@ -646,7 +703,8 @@ def evaluate(args: argparse.Namespace, argv: list[str]) -> None:
         "targets": targets,
         "test": test_rows,
         "train": train_rows,
-        **({"holdout": holdout_rows} if holdout_rows is not None else {}),
+        **({"holdout": holdout_rows, "pooled": pooled_rows(test_rows, holdout_rows)}
+           if holdout_rows is not None else {}),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -763,13 +821,12 @@ def markdown(result: dict) -> str:
              f"not in the target's set; {recorded_by(result['meta']['holdout_table'])}), replayed against their "
              f"exhaustive-{result['meta']['test_table']['draws']} ({pct(rows[0]['accuracy'])}%):"),
             "",
-            "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. | target |",
-            "|---|---|---|---|---|---|---|",
-            *(f"| {r['name']} | {pct(r['accuracy'])} [{pct(r['ci_low'])}, {pct(r['ci_high'])}] "
-              f"| {r['accuracy_diff_points']:+.2f} | {100 * r['agreement']:.2f} | {r['forwards_per_image']:.1f} "
-              f"| {r['forwards_pct_of_exhaustive']:.2f} | {'met' if r['met'] else 'not met'} |" for r in rows[1:]),
+            *target_table(rows[1:]),
             "",
         ]
+    if "pooled" in result:
+        lines += [f"Over the test and holdout images together ({result['pooled'][0]['images']}):", "",
+                  *target_table(result["pooled"]), ""]
     lines += [
         "| strategy | accuracy % [95% CP] | Δ vs exh. (pts) | agreement % | forwards/image | % of exh. | s/image |",
         "|---|---|---|---|---|---|---|",
@@ -815,6 +872,9 @@ def main(argv: list[str] | None = None) -> None:
     rec.add_argument("--antithetic", action="store_true", help="draws in antithetic pairs (eps, -eps)")
     rec.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     rec.add_argument("--out", required=True, help="the table's .pt file")
+    po = sub.add_parser("pool", help="an evaluate --holdout record's fitted choices over test and holdout together")
+    po.add_argument("--result", required=True, help="the OUT.json of `evaluate --holdout`")
+    po.add_argument("--out", required=True, help="output prefix: OUT.json, OUT.md")
     mg = sub.add_parser("merge", help="tables recorded in parts (record --skip) as one table")
     mg.add_argument("--table", action="append", required=True, help="a part's .pt file (repeat, any order)")
     mg.add_argument("--out", required=True, help="the merged table's .pt file")
@@ -846,6 +906,8 @@ def main(argv: list[str] | None = None) -> None:
         record(args, argv)
     elif args.command == "merge":
         merge(args, argv)
+    elif args.command == "pool":
+        pool(args, argv)
     else:
         evaluate(args, argv)
 

@@ -311,6 +311,17 @@ def test_error_control_parts_recorded_with_skip_merge_into_the_one_run_table(tmp
     holdout = torch.load(tmp_path / "holdout.pt", weights_only=False)
     assert held["exhaustive"]["accuracy"] == float((holdout["pred"] == holdout["target"]).double().mean())
     assert result["chosen"]["name"] in held and result["targets"]["at_bound"]["name"] in held
+    te = torch.load(tmp_path / "te.pt", weights_only=False)  # the pooled exhaustive, counted from the two tables
+    both = int((te["pred"] == te["target"]).sum() + (holdout["pred"] == holdout["target"]).sum())
+    pooled = {r["name"]: r for r in result["pooled"]}
+    assert pooled["exhaustive"]["images"] == 7 and pooled["exhaustive"]["correct"] == both
+    chosen_row = pooled[result["chosen"]["name"]]
+    tested = next(r for r in result["test"] if r["name"] == result["chosen"]["name"])
+    assert chosen_row["correct"] == tested["correct"] + held[result["chosen"]["name"]]["correct"]
+    assert chosen_row["accuracy_diff_points"] == pytest.approx(100 * (chosen_row["correct"] - both) / 7)
+    error_control.main(["pool", "--result", str(tmp_path / "ec.json"), "--out", str(tmp_path / "pooled")])
+    assert json.loads((tmp_path / "pooled.json").read_text())["pooled"] == result["pooled"]
+    assert "over its test and holdout images together (7)" in (tmp_path / "pooled.md").read_text()
     md = (tmp_path / "ec.md").read_text()
     assert "recorded in parts by `python benchmarks/error_control.py record " in md and "--skip 3" in md
     assert "on 4 further test images (3 to 6" in md
