@@ -140,6 +140,21 @@ def test_unwritable_results_folder_fails_before_any_compute(tmp_path: Path) -> N
         _trainer(tmp_path).test(module, datamodule=DigitsDataModule(batch_size=16, eval_limit=4))
 
 
+def test_interval_level_is_checked_before_any_compute(tmp_path: Path) -> None:
+    for level in (0.0, 1.5):  # 0.0 once read as "unset" and reported at 0.95; 1.5 failed after the last image
+        with pytest.raises(ValueError, match=f"model.init_args.ci_level must be in \\(0, 1\\).*got {level}"):
+            _module(ci_level=level)
+    data = DigitsDataModule(batch_size=16, eval_limit=4)
+    module = _module(results_dir=str(tmp_path), strategy=Exhaustive(trials=2), ci_level=0.99)
+    _trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    assert module.test_record["ci_level"] == 0.99 and module.test_record["n"] == 4
+    module.hparams.ci_level = 1.0  # set after construction: refused at the start, not when the record is written
+    module.test_metrics = None
+    with pytest.raises(ValueError, match="ci_level must be in"):
+        _trainer(tmp_path).test(module, datamodule=data, verbose=False)
+    assert module.test_metrics is None  # no image was scored
+
+
 def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import Callback
 

@@ -215,6 +215,7 @@ class ClassifierTask(LightningModule):
         check_run_outputs(self, "fit")
 
     def on_test_start(self) -> None:
+        check_ci_level(self.hparams.get("ci_level"))
         check_run_outputs(self, "test")
         self.check_calibration()
 
@@ -246,7 +247,8 @@ class ClassifierTask(LightningModule):
         """
         ctx = dict(context)
         hp = dict(self.hparams)
-        level = ctx.pop("ci_level", None) or hp.get("ci_level") or 0.95
+        level = ctx.pop("ci_level", None)
+        level = check_ci_level(hp.get("ci_level") if level is None else level)
         results_dir = ctx.pop("results_dir", None) or hp.get("results_dir")
         results_file = ctx.pop("results_file", None) or hp.get("results_file")
         values = metrics.compute()
@@ -398,6 +400,16 @@ def check_writable(folder: str | Path, what: str) -> None:
         probe.unlink()
     except OSError as err:
         raise OSError(f"{what} {path}: cannot write there ({err.strerror or err}); fix it before spending compute") from None
+
+
+def check_ci_level(level: float | None) -> float:
+    """The interval level of a test record (None: 0.95), checked when the test starts: a bad level found only
+    when the record is written would throw away every image already scored."""
+    if level is None:
+        return 0.95
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"model.init_args.ci_level must be in (0, 1) (e.g. 0.95), got {level}")
+    return float(level)
 
 
 def check_run_outputs(module: LightningModule, stage: str) -> None:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffclf.models.clip import DTYPES, ClipFolder, ClipZeroShot, encode_prompts, image_features, load_clip
-from diffclf.tasks.base import Scored
+from diffclf.tasks.base import Scored, check_ci_level
 from diffclf.tasks.zero_shot import PromptedTask, caption_table
 
 
@@ -70,8 +70,7 @@ class ClipClassifier(PromptedTask):
         if not pretrained:
             raise ValueError("model.init_args.pretrained: give a local CLIPModel folder "
                              "(e.g. openai/clip-vit-large-patch14 saved with save_pretrained)")
-        if not 0.0 < ci_level < 1.0:
-            raise ValueError(f"model.ci_level must be in (0, 1), got {ci_level}")
+        check_ci_level(ci_level)
         self.clip: ClipFolder = load_clip(pretrained)
         self.zero_shot: ClipZeroShot | None = None
 

@@ -34,7 +34,7 @@ from diffclf.models.dit import DiT, create_dit
 from diffclf.models.ema import ema_decay_at, make_ema, update_ema
 from diffclf.strategies import Classification, Exhaustive, Prefilter, Strategy
 from diffclf.strategies.recheck import recheck_close_calls
-from diffclf.tasks.base import CandidateMaps, ClassifierTask, Scored, best_of_ids
+from diffclf.tasks.base import CandidateMaps, ClassifierTask, Scored, best_of_ids, check_ci_level
 from diffclf.tasks.optim import LRSchedule, lr_factor
 
 # Hyperparameters that decide whether one DiT's weights fit another (``init_from`` checks them).
@@ -156,6 +156,7 @@ class DiffusionClassifier(ClassifierTask):
         self.scoring = scoring_options(scoring)
         self.save_hyperparameters(ignore=["strategy", "scoring"])
         self.hparams["scoring"] = asdict(self.scoring)
+        check_ci_level(ci_level)
         if not 0.0 <= class_dropout_prob < 1.0:
             raise ValueError(f"model.class_dropout_prob must be in [0, 1), got {class_dropout_prob}")
         if not 0.0 <= ema_decay < 1.0:

@@ -27,7 +27,7 @@ from diffclf.diffusion.scoring import Denoiser, Scorer, ScoringOptions
 from diffclf.models.text_cache import cached_embeddings
 from diffclf.models.text_to_image import Conditioning, PredictionType, TextToImageModel, read_noise_bank
 from diffclf.strategies import Exhaustive, Strategy
-from diffclf.tasks.base import Scored
+from diffclf.tasks.base import Scored, check_ci_level
 from diffclf.tasks.diffusion import describe_strategy, elbo_scored, scoring_options, uses_pixels
 from diffclf.tasks.zero_shot import DenoisingPromptedTask
 
@@ -89,6 +89,7 @@ class TextDiffusionClassifier(DenoisingPromptedTask):
         self.scoring = scoring_options(scoring)
         self.save_hyperparameters(ignore=["strategy", "scoring"])
         self.hparams["scoring"] = asdict(self.scoring)
+        check_ci_level(ci_level)
         if pretrained is None:
             raise ValueError("model.init_args.pretrained: give a local diffusers pipeline folder (SD 1.x/2.x or SD3)")
         if combine not in ("error", "embedding", "best"):

@@ -46,7 +46,7 @@ from diffclf.models.text_dit import (
     info_nce,
 )
 from diffclf.strategies import Exhaustive, Strategy
-from diffclf.tasks.base import Scored
+from diffclf.tasks.base import Scored, check_ci_level
 from diffclf.tasks.diffusion import (
     check_hybrid,
     conditioning_groups,
@@ -257,6 +257,7 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         self.scoring = scoring_options(scoring)
         self.save_hyperparameters(ignore=["strategy", "scoring"])
         self.hparams["scoring"] = asdict(self.scoring)
+        check_ci_level(ci_level)
         if not 0.0 <= caption_dropout_prob < 1.0:
             raise ValueError(f"model.caption_dropout_prob must be in [0, 1), got {caption_dropout_prob}")
         if not 0.0 <= ema_decay < 1.0:
@@ -492,6 +493,7 @@ class ContrastiveClassifier(CaptionedTask):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_ci_level(ci_level)
         self.net: ContrastiveModel | None = None
         if vocabulary is not None:
             self.build()

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from diffclf.data.label_spaces import label_space_logits, label_space_scores
 from diffclf.models.classifiers import ImageClassifier, create_classifier
-from diffclf.tasks.base import Batch, ClassifierTask, Scored
+from diffclf.tasks.base import Batch, ClassifierTask, Scored, check_ci_level
 
 
 class TimmClassifier(ClassifierTask):
@@ -69,8 +69,7 @@ class TimmClassifier(ClassifierTask):
         self.save_hyperparameters()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing must be in [0, 1), got {label_smoothing}")
-        if not 0.0 < ci_level < 1.0:
-            raise ValueError(f"model.ci_level must be in (0, 1), got {ci_level}")
+        check_ci_level(ci_level)
         self.model: ImageClassifier = create_classifier(
             model_name, num_classes, in_chans, img_size, pretrained_file, **dict(model_kwargs or {})
         )
