@@ -219,3 +219,19 @@ def test_a_1000_class_diffusion_classifier_decides_the_16_categories_by_mean_pro
     mean = np.stack([probs[:, list(GEIRHOS_IMAGENET_INDICES[c])].mean(1) for c in CUE_CONFLICT_CATEGORIES], axis=1)
     assert record["pred"] == mean.argmax(1).tolist()
     assert record["shape"] == [s.shape for s in data.stimuli]
+
+
+def test_bad_options_are_refused_before_any_scoring(scenes: Path, clip_dir: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each of these once failed (or, --draws 0, was silently replaced) only after every example was scored.
+    monkeypatch.setattr(ClipClassifier, "match", lambda *a, **k: pytest.fail("scored before the options were checked"))
+    model = ["--model", "diffclf.tasks.ClipClassifier", "--model.init_args.pretrained", str(clip_dir)]
+    for extra, message in ((["--level", "1.5"], r"compositional --level must be in \(0, 1\)"),
+                           (["--draws", "0"], "compositional --draws must be >= 1, got 0"),
+                           (["--tasks", '["Shape", "Colour"]'], "compositional --tasks 'Colour': ")):
+        with pytest.raises(ValueError, match=message):
+            run("binding", scenes, model, tmp_path / "out", "--num_examples", "10", *extra)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(OSError, match="compositional --out"):
+        run("binding", scenes, model, blocker, "--num_examples", "10")

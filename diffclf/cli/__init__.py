@@ -75,6 +75,17 @@ class DiffclfCLI(LightningCLI):
             return
         continue_csv_logs(self.trainer.loggers, read_checkpoint(resume, mmap=True).global_step)
 
+    def before_predict(self) -> None:
+        """``predict`` keeps its rows only through a prediction writer; without one it would score every image
+        and save nothing."""
+        from lightning.pytorch.callbacks import BasePredictionWriter
+
+        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+            raise ValueError(
+                "predict saves its rows only through a prediction writer: add "
+                "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter --trainer.callbacks.output FILE.jsonl"
+            )
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         place_run_outputs(config)

@@ -28,6 +28,7 @@ from diffclf.diffusion.scoring import Scorer
 from diffclf.metrics.provenance import provenance
 from diffclf.models.dit import create_dit, dit_flops
 from diffclf.strategies import Exhaustive, Strategy
+from diffclf.tasks.base import check_writable
 
 
 def _sync(device: torch.device) -> None:
@@ -168,6 +169,20 @@ def bench(
         threads: torch CPU threads (default: torch's choice).
         out: also write the figures to this JSON file.
     """
+    # every option that is read only after the sweep, checked before it
+    for option, value in (("images", images), ("classes", classes), ("engine_trials", engine_trials),
+                          *(("batch_sizes", b) for b in batch_sizes or [])):
+        if value is not None and value < 1:
+            raise ValueError(f"bench --{option} must be >= 1, got {value}")
+    for option, value in (("min_seconds", min_seconds), ("peak_tflops", peak_tflops)):
+        if value is not None and not value > 0:
+            raise ValueError(f"bench --{option} must be > 0, got {value}")
+    specs = strategies if strategies is not None else ["exhaustive", "adaptive_small", "ttest"]
+    timed = [(spec, load_preset("strategy", spec, Strategy, "--strategies")) for spec in specs]
+    if out:
+        if Path(out).is_dir():
+            raise ValueError(f"bench --out {out}: a folder; expected a JSON file name")
+        check_writable(Path(out).parent, "bench --out's folder")
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -226,8 +241,7 @@ def bench(
     print(f"engine at batch {best['batch']}: {engine_fps:.1f} forwards/s = "
           f"{100 * engine_fps / best['forwards_per_s']:.1f}% of the raw denoiser")
     per_strategy = {}
-    for spec in strategies if strategies is not None else ["exhaustive", "adaptive_small", "ttest"]:
-        strat = load_preset("strategy", spec, Strategy, "--strategies")
+    for spec, strat in timed:
         sec, fwd = time_strategy(strat, runner, schedule, imgs, class_ids, best["batch"], dtype, dit.num_classes)
         per_strategy[spec] = {"seconds_per_image": sec, "forwards_per_image": fwd}
         print(f"strategy {spec:20s}: {sec:8.3f} s/image  {fwd:9.0f} forwards/image  ({k} classes)")

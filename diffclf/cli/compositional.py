@@ -44,7 +44,7 @@ from diffclf.metrics.compositional import (
 )
 from diffclf.metrics.provenance import provenance
 from diffclf.models.prompts import read_templates
-from diffclf.tasks.base import ClassifierTask
+from diffclf.tasks.base import ClassifierTask, check_writable
 from diffclf.tasks.zero_shot import DenoisingPromptedTask, PromptedTask
 
 Evaluation = Literal["winoground", "binding", "cue_conflict"]
@@ -127,9 +127,15 @@ def run_binding(model: PromptedTask, root: str, split: str, tasks: Sequence[str]
 
     scenes, images = _scene_images(Path(root), split)
     transform = ResizeCenterCrop(image_size)
-    results = {}
+    # every task's examples before any scoring, so a task the scenes cannot pose fails first
+    drawn = {}
     for name in tasks:
-        examples = binding_examples([s.objects for s in scenes], parse_task(name), num_examples, seed)
+        try:
+            drawn[name] = binding_examples([s.objects for s in scenes], parse_task(name), num_examples, seed)
+        except ValueError as err:
+            raise ValueError(f"compositional --tasks {name!r}: {err}") from None
+    results = {}
+    for name, examples in drawn.items():
         pos, neg = [], []
         for rows in _batches(len(examples), batch_size):
             batch = [examples[i] for i in rows]
@@ -249,6 +255,13 @@ def compositional(
     """
     if (model is None) == (ckpt_path is None):
         raise ValueError("compositional: give --model (a class spec) or --ckpt_path (a trained prompted task), one of them")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"compositional --level must be in (0, 1) (e.g. 0.95), got {level}")
+    for option, value in (("draws", draws), ("limit", limit), ("batch_size", batch_size), ("num_examples", num_examples),
+                          ("image_size", image_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"compositional --{option} must be >= 1, got {value}")
+    check_writable(out, "compositional --out")
     if ckpt_path is not None:
         from diffclf.tasks.checkpoints import load_task
 

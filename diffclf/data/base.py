@@ -117,7 +117,9 @@ class ClassificationDataModule(LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size must be >= 1 (or null for data.batch_size), got {eval_batch_size}")
+        self.eval_batch_size = batch_size if eval_batch_size is None else eval_batch_size
         self.num_workers = num_workers
         self.seed = seed
         if eval_limit is not None and eval_limit < 1:

@@ -348,6 +348,11 @@ class ImageFolderDataModule(ClassificationDataModule):
                 keep += picked[n_test + n_val:]
             rest = sorted(keep, key=lambda s: (s[1], s[0]))
             held = {k: sorted(v, key=lambda s: (s[1], s[0])) for k, v in held.items()}
+            sizes = sorted(len(g) for g in by_class.values())
+            for split, fraction in (("test", self.test_fraction), ("val", self.val_fraction)):
+                if fraction and not held[split]:  # else fit runs and only test finds its split empty
+                    raise ValueError(f"{self.name}: data.{split}_fraction {fraction} holds out no image (classes of "
+                                     f"{sizes[0]}-{sizes[-1]} images round to 0 each); raise it, or give data.{split}_root")
         val = self._samples(self.val_root) if self.val_root is not None else held["val"]
         if self.test_root is not None:
             test = self._samples(self.test_root)

@@ -206,8 +206,8 @@ class ScoringOptions:
     recheck: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"scoring.temperature must be > 0, got {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"scoring.temperature must be a finite number > 0, got {self.temperature}")
         if not (self.recheck >= 0 and math.isfinite(self.recheck)):
             raise ValueError(f"scoring.recheck must be a finite relative margin >= 0 (0: off), got {self.recheck}")
         if self.precision not in ("32", "bf16", "auto"):

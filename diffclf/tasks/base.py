@@ -430,4 +430,9 @@ def check_run_outputs(module: LightningModule, stage: str) -> None:
     elif trainer.log_dir:
         check_writable(trainer.log_dir, "the logger's folder")
     if hp.get("results_file"):
-        check_writable(Path(hp["results_file"]).parent, "model.results_file's folder")
+        results_file = Path(hp["results_file"])
+        if results_file.suffix != ".jsonl" or (results_file.exists() and not results_file.is_file()):
+            # a .json name would be appended to as lines (the run's own results.json is pretty-printed JSON)
+            raise ValueError(f"model.results_file {results_file}: expected a .jsonl file (one record a line, "
+                             "appended by every run)")
+        check_writable(results_file.parent, "model.results_file's folder")

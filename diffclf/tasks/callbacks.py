@@ -30,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint as _LightningModelCheckp
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import Logger
 
+from diffclf.data.winoground import parquet_engine_installed
 from diffclf.metrics.predictions import (
     atomic_write_text,
     file_fingerprint,
@@ -83,6 +84,9 @@ class PredictionWriter(BasePredictionWriter):
         out = Path(output)
         if out.suffix.lower() not in (".jsonl", ".csv", ".parquet"):
             raise ValueError(f"prediction output {output}: expected a .jsonl, .csv or .parquet file name")
+        if out.suffix.lower() == ".parquet" and not parquet_engine_installed():  # else found only at the merge
+            raise ValueError(f"prediction output {output}: writing .parquet needs pyarrow (pip install pyarrow); "
+                             "or name a .jsonl or .csv file")
         self.output = out
         self.parts_dir = out.with_name(out.name + ".parts")
         self.keep_parts = keep_parts

@@ -162,6 +162,9 @@ class DiffusionClassifier(ClassifierTask):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
         check_hybrid(hybrid_weight, hybrid_images, hybrid_classes, hybrid_temperature, cond_lr_mult)
+        if sample_every_n_epochs and not 1 <= sample_steps <= num_timesteps:  # found only at the first grid
+            raise ValueError(f"model.sample_steps must be in [1, {num_timesteps}] (DDIM steps of the sample grids), "
+                             f"got {sample_steps}")
         self.schedule = NoiseSchedule(num_timesteps, beta_start, beta_end)
         self.codec = None
         if vae is not None:

@@ -140,7 +140,9 @@ class DenoisingPromptedTask(PromptedTask):
         given one key, are scored on the same noise and timesteps too."""
         x = self.model_inputs(images)
         flat, rows = caption_table(captions, len(images), x.device)
-        n = int(draws or self.strategy.max_draws)
+        n = int(self.strategy.max_draws if draws is None else draws)
+        if n < 1:
+            raise ValueError(f"draws must be >= 1 (draws per image and caption), got {draws}")
         scorer = Scorer(self.caption_denoiser(flat, x.device), self.match_schedule, x.shape[1], max_draws=n,
                         seed=self.hparams.seed, num_classes=len(flat), **self.scoring.scorer_kwargs(self.device))
         table = scorer.new_table(x, rows)
