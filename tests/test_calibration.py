@@ -166,4 +166,5 @@ def test_calibration_refuses_test_images_and_other_classifiers(
     with pytest.raises(ValueError, match="validation images of digits are test images"):
         main(["predict", "--config", str(DIGITS_CONFIG), "--ckpt_path", str(DIGITS_CKPT),
               f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
-              "--data.init_args.predict_split=val"])
+              "--data.init_args.predict_split=val", "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter",
+              f"--trainer.callbacks.output={tmp_path / 'val.jsonl'}"])
