@@ -140,8 +140,8 @@ def markdown(meta: dict, rows: list[dict], sweep: list[dict], discussion: str) -
         lines += [
             (
                 "Paired t-test diagnostics: the floor is what every image pays before the first test "
-                "(first tested prefix × candidates); `undecided` images still had two or more classes in at "
-                "max_trials (then the lowest mean error decides, as in exhaustive)."
+                "(first tested prefix × candidates); `undecided` images still had two or more classes in after "
+                "the last test, at max_trials or the trial cap (then the lowest mean error decides, as in exhaustive)."
             ),
             "",
             (

@@ -196,6 +196,38 @@ def test_replay_reproduces_live_strategies_and_leaves_the_task_as_it_was() -> No
         run_replay(task, Exhaustive(trials=10), [(batches[0][0], batches[0][1], batches[0][2] + 1000)], replay)
 
 
+def test_summarise_counts_a_capped_t_tests_undecided_images_and_its_own_thresholds() -> None:
+    """Against a from-scratch paired t-test (scipy's ttest_rel) on the same recorded errors: with a trial_cap no
+    class reaches max_trials, so counting at max_trials once reported 0 undecided images, and the printed
+    critical values were two-sided at max_trials whatever the strategy tested."""
+    import numpy as np
+    from scipy import stats
+
+    from diffclf.tasks.analysis import summarise
+
+    dm, batches = split_batches("digits", limit=24)
+    task = load_diffusion_task(DIGITS_CKPT, dm)
+    ref = run_live(task, Exhaustive(trials=30), batches, keep_table=True)
+    alpha, first, step, cap = 0.01, 5, 5, 15
+    strategy = PairedTTest(alpha=alpha, min_trials=first, max_trials=30, round_size=step, trial_cap=cap,
+                           alternative="one-sided")
+    row = summarise("t", strategy, run_replay(task, strategy, batches, ReplayScorer.from_run(
+        ref["errors"], ref["index"], task.num_model_classes)), None)
+    undecided = 0
+    for e in ref["errors"].double().numpy():
+        left, n = list(range(len(e))), 0
+        while n < cap and len(left) > 1:
+            n = min(n + step, cap)
+            if n >= first:
+                best = left[int(np.argmin([e[c, :n].mean() for c in left]))]
+                left = [c for c in left if c == best
+                        or not stats.ttest_rel(e[c, :n], e[best, :n], alternative="greater").pvalue < alpha]
+        undecided += len(left) >= 2
+    assert undecided > 0 and row["images_undecided_at_max_trials"] == undecided
+    assert row["critical_t_first_test"] == pytest.approx(stats.t.isf(alpha, first - 1))
+    assert row["critical_t_at_max_trials"] == pytest.approx(stats.t.isf(alpha, cap - 1))
+
+
 @needs_ckpt
 def test_load_diffusion_task_refuses_a_label_space_over_other_classes() -> None:
     dm, _ = split_batches("digits", limit=1)

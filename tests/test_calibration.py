@@ -168,3 +168,18 @@ def test_calibration_refuses_test_images_and_other_classifiers(
               f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
               "--data.init_args.predict_split=val", "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter",
               f"--trainer.callbacks.output={tmp_path / 'val.jsonl'}"])
+
+
+def test_calls_calibration_puts_its_probability_on_the_given_prediction_and_never_gives_nan() -> None:
+    cal = Calibration(method="calls", temperature=1.0, platt=(-1.0, 8.0))
+    right = 1 / (1 + math.exp(math.log(151) - 8.0))  # sigmoid(-ln 151 + 8) = 0.9518, by hand
+    # Racing ranks by standardised errors, so its prediction (class 1) can trail another class's raw-error logit.
+    p = cal.log_probs(torch.tensor([[465.7, 0.0, -1.0]]), torch.tensor([151]), torch.tensor([1])).exp()[0].double()
+    rest = torch.tensor([465.7, -1.0], dtype=torch.float64).softmax(0) * (1 - right)
+    torch.testing.assert_close(p, torch.stack([rest[0], torch.tensor(right, dtype=torch.float64), rest[1]]),
+                               rtol=1e-5, atol=1e-7)
+    # A prefilter that proposed one class: the others were never scored, so they share the rest evenly.
+    lp = cal.log_probs(torch.tensor([[0.0, -math.inf, -math.inf]]), torch.tensor([151]))
+    assert torch.isfinite(lp).all()
+    torch.testing.assert_close(lp.exp()[0].double(), torch.tensor([right, (1 - right) / 2, (1 - right) / 2],
+                                                                   dtype=torch.float64), rtol=1e-5, atol=1e-7)

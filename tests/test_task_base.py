@@ -48,3 +48,16 @@ def test_probabilities_are_the_softmax_of_the_logits_without_calibration() -> No
     scored = task.classify(torch.zeros(1, 1, 4, 4), torch.tensor([0]))
     want = torch.tensor([1.0, torch.e ** -1, torch.e ** -2])
     torch.testing.assert_close(task.log_probs(scored).exp()[0], want / want.sum())
+
+
+def test_calibrated_probabilities_follow_the_kinds_prediction_not_the_logits_argmax() -> None:
+    from diffclf.metrics.calibration import Calibration
+
+    task = _Fixed([])
+    task.hparams["calibration"] = "fitted.json"
+    task._calibration = ("fitted.json", Calibration(method="calls", temperature=1.0, platt=(-1.0, 8.0)))
+    # the ranking picks class 1 (NaN ranks last, not first); the raw logits favour class 0
+    scored = Scored(scores=torch.tensor([[1.0, 3.0, float("nan")]]), logits=torch.tensor([[465.7, 0.0, -1.0]]),
+                    forwards=torch.tensor([151]))
+    p = task.log_probs(scored).exp()[0]
+    assert int(p.argmax()) == 1 and float(p[1]) == pytest.approx(1 / (1 + 151 * torch.e ** -8.0), rel=1e-5)

@@ -109,7 +109,7 @@ def calibrate(
         "before": _summary(before), "provenance": provenance(),
     })
     cal = Calibration(method=method, temperature=temperature, platt=platt, fitted_on=fitted_on)
-    after = evaluate(cal.log_probs(logits, calls), target, pred)
+    after = evaluate(cal.log_probs(logits, calls, pred), target, pred)
     fitted_on["after"] = _summary(after)
     out = Path(output)
     atomic_write_text(out, json.dumps(cal.to_json(), indent=1, sort_keys=True) + "\n")

@@ -120,8 +120,14 @@ class Calibration:
         if self.method == "calls" and self.platt is None:
             raise ValueError("calibration method 'calls' needs the Platt coefficients (platt: [a, b])")
 
-    def log_probs(self, logits: Tensor, calls: Tensor | None = None) -> Tensor:
-        """``(B, K)`` calibrated ``log p(c|x)`` from label-space logits and per-image calls."""
+    def log_probs(self, logits: Tensor, calls: Tensor | None = None, pred: Tensor | None = None) -> Tensor:
+        """``(B, K)`` calibrated ``log p(c|x)`` from label-space logits and per-image calls.
+
+        ``calls`` puts its Platt probability on the classifier's prediction ``pred`` ``(B,)`` (default: the
+        logits' argmax). Give the prediction where a strategy ranks by another statistic than the logits'
+        (Racing's standardised errors): the fit estimated how often *that* class is right. The rest of the
+        mass goes to the other classes by their tempered logits, evenly where none of them has a finite one.
+        """
         logits = logits.double()
         scaled = torch.log_softmax(logits / self.temperature, dim=1)
         if self.method == "temperature":
@@ -132,10 +138,13 @@ class Calibration:
             return torch.zeros_like(logits).float()
         a, b = self.platt
         z = a * torch.log(calls.double().clamp(min=1)).to(logits.device) + b
-        pred = logits.argmax(dim=1, keepdim=True)
+        pred = logits.argmax(dim=1, keepdim=True) if pred is None else pred.view(-1, 1).to(logits.device)
         log_right = torch.nn.functional.logsigmoid(z).unsqueeze(1)
         log_wrong = torch.nn.functional.logsigmoid(-z).unsqueeze(1)
         others = (logits / self.temperature).scatter(1, pred, -math.inf)
+        # a row whose other classes were never scored (a prefilter's one proposal): share the rest evenly
+        unscored = torch.isneginf(others).all(dim=1, keepdim=True)
+        others = torch.where(unscored, torch.zeros_like(others), others).scatter(1, pred, -math.inf)
         rest = log_wrong + torch.log_softmax(others, dim=1)
         return rest.scatter(1, pred, log_right).float()
 

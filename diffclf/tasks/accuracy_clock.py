@@ -152,7 +152,7 @@ class AccuracyClock(Callback):
             for images, target, index in self.held_out(trainer):
                 images, target, index = (a.to(pl_module.device) for a in (images, target, index))
                 scored = pl_module.classify(images, index)
-                correct += int((scored.scores.argmax(dim=1) == target).sum())
+                correct += int((scored.ranked().argmax(dim=1) == target).sum())
                 total += len(target)
                 forwards += float(scored.forwards.double().sum())
             synchronize(pl_module.device)

@@ -27,12 +27,13 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from diffclf.configs import load_preset
 from diffclf.diffusion.scoring import Scorer, ScoreTable
 from diffclf.metrics.accuracy import clopper_pearson
-from diffclf.strategies import PairedTTest, Strategy
+from diffclf.strategies import Classification, PairedTTest, Strategy
 from diffclf.strategies.ttest import critical_t
 from diffclf.tasks.base import Batch
 from diffclf.tasks.checkpoints import load_task
@@ -146,6 +147,38 @@ def _keeping_tables(scorer: Scorer, tables: list[ScoreTable]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _keeping_results(strategy: Strategy, results: list[Classification]) -> Iterator[None]:
+    """Append every :class:`Classification` ``strategy.classify`` returns to ``results`` (what survived to
+    the end, which the label-space scores of ``task.classify`` no longer say), and leave the strategy as it was."""
+    previous = strategy.classify
+
+    def capture(*args: Any, **kwargs: Any) -> Classification:
+        results.append(previous(*args, **kwargs))
+        return results[-1]
+
+    strategy.classify = capture
+    try:
+        yield
+    finally:
+        del strategy.classify
+
+
+def _finalists(task: DiffusionClassifier, result: Classification) -> Tensor:
+    """``(B,)`` label-space classes still in at the end of ``result``: those with an id at the image's highest
+    stage (a t-test's or Racing's survivors; a class dropped by the last test has the draws but not the stage).
+    A class counts once whatever its model ids."""
+    owner = torch.full((task.num_model_classes,), -1, dtype=torch.long)
+    for k, ids in enumerate(task.label_space.model_classes):
+        owner[list(ids)] = torch.where(owner[list(ids)] < 0, k, owner[list(ids)])
+    stage = result.stage
+    still_in = (stage == stage.amax(dim=1, keepdim=True)) & ~torch.isneginf(stage)
+    cls = owner[result.candidates.cpu()].to(stage.device)
+    hits = torch.zeros(stage.shape[0], task.label_space.num_classes + 1, device=stage.device)
+    hits.scatter_reduce_(1, torch.where(cls < 0, task.label_space.num_classes, cls), still_in.float(), reduce="amax")
+    return hits[:, :-1].sum(dim=1).long().cpu()
+
+
+@contextlib.contextmanager
 def _scorer_installed(task: DiffusionClassifier, scorer: Scorer) -> Iterator[None]:
     """Make ``task`` score with ``scorer`` (a replay) so that the replay runs through the same
     ``classify`` as a live run; the task's own scorer is back afterwards. The task has no public
@@ -165,21 +198,27 @@ def _scorer_installed(task: DiffusionClassifier, scorer: Scorer) -> Iterator[Non
         task._scorer = previous
 
 
+def last_draw(strategy: Strategy) -> int:
+    """The most draws a class of this strategy can get: its ``trial_cap`` where it has one, else ``max_draws``."""
+    return getattr(strategy, "trial_cap", None) or strategy.max_draws
+
+
 def _classify_all(task: DiffusionClassifier, strategy: Strategy, batches: Sequence[Batch]) -> dict[str, Any]:
     """Per-image predictions, targets, forwards, indices and finalists of ``batches`` under ``task``'s
     current scorer, and the seconds spent in ``classify``."""
     preds, targets, forwards, indices, finalists = [], [], [], [], []
+    results: list[Classification] = []
     elapsed = 0.0
     for images, target, index in batches:
         start = time.perf_counter()
-        scored = task.classify(images, index)
+        with _keeping_results(strategy, results):
+            scored = task.classify(images, index)
         elapsed += time.perf_counter() - start
-        preds.append(scored.scores.argmax(dim=1))
+        preds.append(scored.ranked().argmax(dim=1))
         targets.append(target)
         forwards.append(scored.forwards)
         indices.append(index)
-        # classes still in at the strategy's last draw (a class counts once whatever its model ids)
-        finalists.append((scored.columns["num_draws"] == strategy.max_draws).sum(dim=1))
+        finalists.append(_finalists(task, results[-1]))
     return {
         "pred": torch.cat(preds),
         "target": torch.cat(targets),
@@ -197,7 +236,7 @@ def run_live(
     """Classify every batch with ``strategy`` through ``task.classify`` (the path ``cli.py test`` uses).
 
     Returns per-image tensors ``pred``, ``target``, ``forwards``, ``index`` and ``finalists`` (classes
-    still in at ``max_draws``: two or more means a strategy never settled the image), plus
+    still in at the end, :func:`_finalists`: two or more means a strategy never settled the image), plus
     ``num_candidates`` (model ids scored per image), ``seconds`` (time in ``classify``) and
     ``loadavg_1min`` before/after (the machine may be shared; a timing needs its context). With
     ``keep_table`` also ``errors`` ``(N, M, D)``, every per-draw error the strategy scored (NaN where it
@@ -210,6 +249,7 @@ def run_live(
     with _keeping_tables(scorer, tables) if keep_table else contextlib.nullcontext():
         out = _classify_all(task, strategy, batches)
     out["loadavg_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    out["antithetic"] = scorer.antithetic
     if keep_table:
         out["errors"] = torch.cat([t.errors for t in tables])
         out["candidates"] = tables[0].candidates[0]
@@ -225,6 +265,7 @@ def run_replay(
     with _scorer_installed(task, scorer):
         out = _classify_all(task, strategy, batches)
     del out["seconds"]
+    out["antithetic"] = scorer.antithetic
     return out
 
 
@@ -261,18 +302,20 @@ def summarise(name: str, strategy: Strategy, run: dict, ref: dict | None, level:
         row["fixed_vs_exhaustive"] = int((ok & ~ref_ok).sum())
         row["broken_vs_exhaustive"] = int((~ok & ref_ok).sum())
     if isinstance(strategy, PairedTTest):
-        # images the tests never settled: two or more classes still in at max_trials (decided by mean error)
+        # images the tests never settled: two or more classes still in at the last draw (decided by mean error)
         undecided = run["finalists"] >= 2
         K = int(run["num_candidates"])
-        first = -(-strategy.min_trials // strategy.round_size) * strategy.round_size  # first tested prefix
-        first = min(first, strategy.max_trials)
+        last = last_draw(strategy)
+        first = min(-(-strategy.min_trials // strategy.round_size) * strategy.round_size, last)  # first tested prefix
+        units = 2 if strategy.antithetic or run.get("antithetic") else 1  # the tests count antithetic pairs
         row["candidates"] = K
         row["floor_forwards"] = first * K
         row["floor_pct_of_exhaustive"] = (
             100 * first * K / float(ref["forwards"].double().mean()) if ref is not None else None
         )
-        row["critical_t_first_test"] = critical_t(strategy.alpha, first)
-        row["critical_t_at_max_trials"] = critical_t(strategy.alpha, strategy.max_trials)
+        # the thresholds the strategy's own tests use: its alternative, on the units it counts
+        row["critical_t_first_test"] = critical_t(strategy.alpha, first // units, strategy.alternative)
+        row["critical_t_at_max_trials"] = critical_t(strategy.alpha, last // units, strategy.alternative)
         row["images_undecided_at_max_trials"] = int(undecided.sum())
         row["forwards_per_image_undecided"] = float(fwd[undecided].mean()) if undecided.any() else None
         row["forwards_per_image_decided"] = float(fwd[~undecided].mean()) if (~undecided).any() else None

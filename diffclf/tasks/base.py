@@ -66,6 +66,11 @@ class Scored:
     forwards: Tensor
     columns: dict[str, Tensor] = field(default_factory=dict)
 
+    def ranked(self) -> Tensor:
+        """``scores`` with NaN as ``-inf``: what a prediction or top-5 reads (``argmax`` and ``topk`` would take NaN
+        as the largest)."""
+        return torch.nan_to_num(self.scores.float(), nan=-math.inf)
+
 
 @dataclass(frozen=True)
 class CandidateMaps:
@@ -199,7 +204,7 @@ class ClassifierTask(LightningModule):
         cal = self.calibration
         if cal is None:
             return torch.log_softmax(scored.logits.double(), dim=1).float()
-        return cal.log_probs(scored.logits, scored.forwards)
+        return cal.log_probs(scored.logits, scored.forwards, scored.ranked().argmax(dim=1))
 
     def calibration_record(self) -> dict[str, Any] | None:
         """What a results record says of the calibration: which file, fit and images (None: uncalibrated)."""
@@ -317,7 +322,7 @@ class ClassifierTask(LightningModule):
             images, targets, index = images[keep], targets[keep], index[keep]
         scored = self.classify(images, index)
         probs = self.log_probs(scored).exp()
-        top = scored.scores.topk(min(5, scored.scores.shape[1]), dim=1).indices
+        top = scored.ranked().topk(min(5, scored.scores.shape[1]), dim=1).indices
         # One host transfer per tensor and batch, after classification.
         names = list(scored.columns)
         values = [c.tolist() for c in scored.columns.values()]
