@@ -155,6 +155,22 @@ def test_interval_level_is_checked_before_any_compute(tmp_path: Path) -> None:
     assert module.test_metrics is None  # no image was scored
 
 
+def test_ema_moves_once_per_optimizer_step_under_gradient_accumulation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DiT's train.py updates the EMA after each opt.step(); an update per micro-batch decayed it k times a step.
+    import diffclf.tasks.diffusion as diffusion_task
+
+    steps_seen: list[int] = []
+    module = _module(ema_decay=0.9, ema_warmup=False)
+    real = diffusion_task.update_ema
+    monkeypatch.setattr(diffusion_task, "update_ema",
+                        lambda ema, model, decay: steps_seen.append(module.global_step) or real(ema, model, decay))
+    trainer = _trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=16))
+    assert trainer.global_step == 3 and steps_seen == [1, 2, 3]
+
+
 def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import Callback
 

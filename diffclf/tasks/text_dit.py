@@ -35,7 +35,7 @@ from diffclf.diffusion.losses import (
 from diffclf.diffusion.schedule import NoiseSchedule
 from diffclf.diffusion.scoring import Denoiser, Scorer, ScoringOptions
 from diffclf.models.clip import ensemble_prompts
-from diffclf.models.ema import ema_decay_at, make_ema, update_ema
+from diffclf.models.ema import make_ema
 from diffclf.models.prompts import Prompts
 from diffclf.models.text_dit import (
     ContrastiveModel,
@@ -53,11 +53,13 @@ from diffclf.tasks.diffusion import (
     describe_strategy,
     elbo_scored,
     ema_as_training_weights,
+    mark_ema_step,
     per_index_noise,
     scheduled_adamw,
     scoring_options,
     set_data_epoch,
     step_training_key,
+    update_ema_after_step,
     uses_pixels,
 )
 from diffclf.tasks.optim import LRSchedule
@@ -351,8 +353,11 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         self.log("train/hybrid_acc", (err.argmin(dim=1) == 0).float().mean(), batch_size=m)
         return ce
 
+    def on_train_start(self) -> None:
+        mark_ema_step(self)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        update_ema(self.ema, self.dit, ema_decay_at(self.global_step, self.hparams.ema_decay, self.hparams.ema_warmup))
+        update_ema_after_step(self, self.ema, self.dit)
 
     def configure_optimizers(self) -> Any:
         table = self.dit.text_encoder.token_embedding.weight
