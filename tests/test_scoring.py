@@ -415,3 +415,35 @@ def test_antithetic_refuses_what_it_cannot_pair() -> None:
     with pytest.raises(ValueError, match="own pair order"):
         make(antithetic=True, order=spread_order(12))
     assert make(max_draws=12, antithetic=True, design="stratified").timesteps(torch.tensor([0])).shape == (1, 12)
+
+
+def _variant_draws(max_draws: int, variants: int, order: list[int] | None = None) -> list[tuple[int, int]]:
+    """(timestep, variant) of every draw of one candidate, in draw order, from what the denoiser was given."""
+    seen: list[tuple[Tensor, Tensor]] = []
+
+    def record(x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        seen.append((t.clone(), y.clone()))
+        return torch.zeros_like(x_t)
+
+    scorer = Scorer(record, SCHEDULE, SHAPE[0], max_draws=max_draws, num_classes=1, variants=variants, order=order)
+    x = images(1)
+    for k in range(max_draws):  # one call per draw keeps the draw order in what was recorded
+        scorer.score(scorer.new_table(x, torch.tensor([0])), x, torch.tensor([0]), k, k + 1)
+    return [(int(t), int(y) % variants) for ts, ys in seen for t, y in zip(ts, ys)]
+
+
+@pytest.mark.parametrize(("max_draws", "variants", "ascending"), [(128, 2, False), (100, 3, False), (100, 18, True)])
+def test_every_template_covers_the_whole_timestep_range(max_draws: int, variants: int, ascending: bool) -> None:
+    # With `k % V` in the default (bit-reversed) order, two templates split the range: one saw only t < 500.
+    draws = _variant_draws(max_draws, variants, list(range(max_draws)) if ascending else None)
+    by_t = sorted(draws)
+    full = max_draws // variants * variants
+    for s in range(0, full, variants):  # every V neighbouring timesteps take every template once
+        assert sorted(v for _, v in by_t[s:s + variants]) == list(range(variants)), by_t[s:s + variants]
+    grid = [t for t, _ in by_t]
+    for v in range(variants):  # from the first block to the last full one
+        ts = [t for t, w in draws if w == v]
+        assert min(ts) <= grid[variants - 1] and max(ts) >= grid[full - variants]
+    if variants == 2 and not ascending:  # and every even prefix of the draw order is balanced (Thue-Morse)
+        for n in range(2, max_draws + 1, 2):
+            assert sum(v for _, v in draws[:n]) == n // 2

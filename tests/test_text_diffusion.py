@@ -165,8 +165,9 @@ def test_predictions_do_not_depend_on_batch_size_or_template_order(sd_dir: Path,
 
 
 def test_templates_combine_in_error_space_by_cycling_over_draws(sd_dir: Path, cifar: Path, tmp_path: Path) -> None:
-    """combine error: draw k of class c is conditioned on template k mod V, so a class's mean error is the mean
-    of its templates' errors on their draws; the scorer is told so through ``variants``."""
+    """combine error: each draw of class c is conditioned on one template, every V neighbouring timesteps on all
+    of them, so a class's mean error is the mean of its templates' errors; the scorer is told so through
+    ``variants``."""
     (tmp_path / "t.txt").write_text("a photo of a {}.\na blurry photo of a {}.")
     task = TextDiffusionClassifier(pretrained=str(sd_dir), templates=str(tmp_path / "t.txt"),
                                    text_cache=str(tmp_path / "c.st"), strategy=Exhaustive(trials=4))
@@ -178,8 +179,9 @@ def test_templates_combine_in_error_space_by_cycling_over_draws(sd_dir: Path, ci
     scorer.denoise = lambda x_t, t, rows: (seen.append(rows.clone()), original(x_t, t, rows))[1]
     table = scorer.new_table(torch.zeros(1, 4, 4, 4), torch.tensor([3]))
     scorer.score(table, torch.zeros(1, 4, 4, 4), torch.tensor([0]), 0, 4)
-    # sorted templates: row 2c = "a blurry photo of a cat.", 2c+1 = "a photo of a cat."; draws 0..3 alternate
-    assert torch.cat(seen).tolist() == [6, 7, 6, 7]
+    # sorted templates: row 2c = "a blurry photo of a cat.", 2c+1 = "a photo of a cat."; draws 0..3 lie at grid
+    # positions 0, 2, 1, 3 (the spread order): positions 0 and 3 take one template, 1 and 2 the other
+    assert torch.cat(seen).tolist() == [6, 7, 7, 6]
 
 
 def test_text_cache_is_reused_and_refused_for_another_encoder(sd_dir: Path, cifar: Path, tmp_path: Path) -> None:

@@ -88,6 +88,17 @@ def mix_seed(*parts: int) -> int:
     return h & ((1 << 63) - 1)
 
 
+def digit_sum(n: int, base: int) -> int:
+    """Sum of the base-``base`` digits of ``n`` (``base`` 1: 0). Base 2 is the bit count of the Thue-Morse views:
+    ``base`` consecutive numbers from a multiple of ``base`` have consecutive digit sums, so their sums mod ``base``
+    are all different."""
+    total = 0
+    while base > 1 and n:
+        n, digit = divmod(n, base)
+        total += digit
+    return total
+
+
 def spread_order(n: int) -> list[int]:
     """Positions ``0..n-1`` in bit-reversed (van der Corput) order, so every prefix covers the range."""
     if n < 1:
@@ -281,9 +292,15 @@ class Scorer:
             draws is split in half to within two draws, so each stage is, and as a stage's timesteps
             ascend with ``k``, so is every stretch of them.
         variants: conditionings per candidate (prompt templates scored in error space): draw ``k`` of
-            candidate ``c`` is conditioned on row ``c * variants + k % variants`` of the denoiser's table, so the
-            mean over draws averages the variants' errors at no extra cost, and every candidate of an image
-            sees the same variant on the same draw (still a paired comparison).
+            candidate ``c`` is conditioned on row ``c * variants + v(k)`` of the denoiser's table, so the mean over
+            draws averages the variants' errors at no extra cost, and every candidate of an image sees the same
+            variant on the same draw (still a paired comparison). ``v(k)`` is the sum of the base-``variants``
+            digits, mod ``variants``, of the key the views use (the grid position in the default order, the draw
+            index in a strategy's own): every ``variants`` neighbouring grid positions (or consecutive draws of a
+            stage) take every variant once, so each variant covers the whole timestep range. ``k % variants``
+            would tie a variant to a part of it: in the default bit-reversed order draw ``k``'s parity is its
+            position's top bit, so with two templates one saw only ``t < T/2``. With two variants and
+            ``flip_views`` the variant and the view coincide (both are the key's bit parity).
         noise_bank: ``(n, C, H, W)`` noise, draw ``k`` = row ``k`` for every image (the official
             Diffusion Classifier's ``--noise_path`` file), instead of drawing it from the seed.
         antithetic: draw ``2m + 1`` has the noise ``-eps`` of draw ``2m`` and the neighbouring grid position (or
@@ -394,6 +411,7 @@ class Scorer:
         if self.antithetic:
             keys = [p // 2 for p in keys]
         self._mirrored = torch.tensor([p.bit_count() % 2 == 1 for p in keys])
+        self._variant = torch.tensor([digit_sum(p, self.variants) % self.variants for p in keys], dtype=torch.long)
         self._shared_t = self._draw_t(_SHARED_KEY) if noise == "shared" else None
         self._last_device: torch.device | None = None
         self._views: tuple[Tensor, Tensor] | None = None
@@ -636,6 +654,7 @@ class Scorer:
         sqrt_ab, sqrt_1mab, weights = self._tables(device)
         xf = x.float()
         mirrored = self.mirrored(start, stop).to(device) if self.flip_views else None
+        variant = self._variant[start:stop].to(device)
         x_mirror = self._mirror_of(x).float() if self.flip_views else None
         cand = table.candidates
         errors = table.errors
@@ -655,7 +674,7 @@ class Scorer:
             e = eps[k] if shared else eps[r, k]
             x0 = xf[b] if mirrored is None else torch.where(mirrored[k].view(-1, 1, 1, 1), x_mirror[b], xf[b])
             x_t = sqrt_ab[t].view(-1, 1, 1, 1) * x0 + sqrt_1mab[t].view(-1, 1, 1, 1) * e
-            y = cand[b, m] if self.variants == 1 else cand[b, m] * self.variants + (k + start) % self.variants
+            y = cand[b, m] if self.variants == 1 else cand[b, m] * self.variants + variant[k]
             with autocast:
                 out = self.denoise(x_t, t, y)
             if out.shape[1] < C:

@@ -6,8 +6,9 @@ the eps error of the denoiser conditioned on its prompt's text embedding, throug
 (Exhaustive, Adaptive, PairedTTest, Prefilter) and scorer as the class-conditional DiT. Several prompts per
 class (templates) are combined in one of three ways (``combine``):
 
-- ``error`` (default): draw ``k`` of a class uses template ``k mod V``; the mean over draws then estimates
-  the template-averaged error, an ensemble in error space, at the cost of one prompt.
+- ``error`` (default): each draw of a class uses one template, every ``V`` neighbouring timesteps all of them
+  (the scorer's ``variants``); the mean over draws then estimates the template-averaged error, an ensemble in
+  error space, at the cost of one prompt.
 - ``embedding``: the templates' text embeddings are averaged into one conditioning per class.
 - ``best``: each prompt is a candidate of its own and a class takes its best prompt (what the official code
   does with a prompt file that has several rows for a class).
