@@ -257,6 +257,21 @@ def test_flow_models_are_scored_in_eps_units_and_velocity_weighting_gives_the_ra
         torch.testing.assert_close(float(x0_space.weights()[t]), sigma ** 2 / (1 - sigma) ** 2, rtol=1e-5, atol=0)
 
 
+def test_flow_models_get_fp32_times_in_half_precision(sd3_dir: Path) -> None:
+    # diffusers' StableDiffusion3Pipeline passes sigma * 1000 in fp32; cast to bf16 they merge into neighbours
+    model = TextToImageModel(sd3_dir, dtype=torch.bfloat16)
+    cond = model.encode_prompts(["a photo of a cat."]).to(torch.device("cpu"), torch.bfloat16)  # as the task does
+    seen: list[torch.Tensor] = []
+    forward = model.denoiser.forward
+    model.denoiser.forward = lambda *a, **k: (seen.append(k["timestep"]), forward(*a, **k))[1]
+    t = torch.tensor([876, 999])
+    model.eps(torch.randn(2, 4, 4, 4), t, cond, torch.tensor([0, 0]))
+    want = torch.tensor([float(model.schedule.sigmas[int(i)]) * 1000 for i in t])
+    assert seen[0].dtype == torch.float32
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-3)
+    assert (seen[0].to(torch.bfloat16).float() - want).abs().max() > 0.1  # what a bf16 cast would have fed it
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_pipeline_folders_give_one_clear_line(sd_dir: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"

@@ -283,7 +283,9 @@ class TextToImageModel(nn.Module):
         a_table, b_table, times = self._device_tables(x_t.device)
         a = a_table[t].view(-1, 1, 1, 1)
         if self.is_flow:
-            out = self.denoiser(hidden_states=inputs, timestep=times[t].to(self.dtype), encoder_hidden_states=hidden,
+            # fp32 times, as StableDiffusion3Pipeline passes them: in bf16, 647 of the 1000 values sigma * 1000
+            # would round onto a neighbour's (up to 2 units off), in fp16 by up to 0.25
+            out = self.denoiser(hidden_states=inputs, timestep=times[t], encoder_hidden_states=hidden,
                                 pooled_projections=cond.pooled[rows], return_dict=False)[0].float()
             return x_t + a * out  # eps = x_t + (1 - sigma) v for x_t = (1 - sigma) x0 + sigma eps, v = eps - x0
         # Integer timesteps, as the official loop passes them.
