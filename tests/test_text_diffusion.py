@@ -257,6 +257,20 @@ def test_flow_models_are_scored_in_eps_units_and_velocity_weighting_gives_the_ra
         torch.testing.assert_close(float(x0_space.weights()[t]), sigma ** 2 / (1 - sigma) ** 2, rtol=1e-5, atol=0)
 
 
+def test_the_pure_noise_endpoint_of_a_flow_schedule_is_scored_not_dropped(sd3_dir: Path) -> None:
+    # SD3's shifted sigmas end at exactly 1 (SNR 0): x0-space weighting once gave 0 * inf = NaN there, and the draw
+    # was silently counted as unscored. eps_hat = x_t = eps at sigma 1, so its error is 0 for every class.
+    schedule = TextToImageModel(sd3_dir).schedule
+    assert float(schedule.sigmas[999]) == 1.0
+    for weighting in ("exp", "velocity"):
+        scorer = Scorer(lambda x_t, t, y: x_t, schedule, 4, max_draws=500, num_classes=2, weighting=weighting)
+        assert 999 in scorer.timesteps(torch.tensor([0])).tolist()[0] and torch.isfinite(scorer.weights()).all()
+        x = torch.randn(1, 4, 4, 4)
+        table = scorer.new_table(x)
+        scorer.score(table, x, torch.tensor([0]), 0, 500)
+        assert not torch.isnan(table.errors).any() and table.counts.tolist() == [[500, 500]]
+
+
 def test_flow_models_get_fp32_times_in_half_precision(sd3_dir: Path) -> None:
     # diffusers' StableDiffusion3Pipeline passes sigma * 1000 in fp32; cast to bf16 they merge into neighbours
     model = TextToImageModel(sd3_dir, dtype=torch.bfloat16)

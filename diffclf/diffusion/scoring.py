@@ -453,7 +453,10 @@ class Scorer:
                 snr = s.alphas_cumprod / (1.0 - s.alphas_cumprod)
                 # The eps error in x0 units: |x0 - x0_hat| = |eps - eps_hat| / sqrt(SNR) (DDPM eq. 15 inverted).
                 scale = snr if self.error == "l2" else snr.sqrt()
-                weights = torch.exp(-self.weight_rate * t / s.num_timesteps) / scale
+                # At SNR 0 (SD3's sigma = 1, x_t = eps) eps_hat = x_t exactly, so the eps error is 0 for every class
+                # and says nothing; weight 0 there, as velocity does, not 0 * inf = NaN (a draw silently unscored).
+                weights = torch.where(snr > 0, torch.exp(-self.weight_rate * t / s.num_timesteps) / scale.clamp(min=1e-300),
+                                      torch.zeros_like(snr))
             elif self.weighting == "velocity":
                 # v - v_hat = (eps - eps_hat) / a_t for x_t = a_t x0 + b_t eps with v = a_t eps - b_t x0 (VP) or
                 # v = eps - x0 (rectified flow, a_t + b_t = 1); a_t = 0 (pure noise) carries no information.
