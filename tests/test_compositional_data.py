@@ -406,3 +406,17 @@ def test_binding_summary_by_hand() -> None:
                                                                                                      False]
     with pytest.raises(ValueError, match="booleans"):
         binding_summary(np.array([1, 0, 1]))
+
+
+def test_winoground_images_are_resized_bilinear_as_the_official_script(tmp_path: Path) -> None:
+    # Li et al.'s run_winoground.py defaults to bilinear (get_transform(BILINEAR, 512)), not the bicubic of the
+    # classification sets; reference built from torchvision directly.
+    from torchvision import transforms as T
+
+    write_jsonl_layout(tmp_path)
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 256, (10, 14, 3), dtype=np.uint8))
+    noisy.save(tmp_path / "data" / "images" / "ex_0_img_0.png")
+    official = T.Compose([T.Resize(6, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(6), T.ToTensor()])
+    got = WinogroundDataset(tmp_path, image_size=6)[0].images[0]
+    torch.testing.assert_close(got, official(noisy) * 2 - 1, rtol=0, atol=1e-6)

@@ -443,3 +443,19 @@ def test_presets_are_complete(tmp_path: Path, preset: str) -> None:
         write_class_tree(root, folders, per_class=1)
     dm = cls(**{**args, "root": str(root)})
     assert dm.name == preset and dm.image_size == 256
+
+
+def test_center_crop_is_the_official_zero_shot_transform_not_adms(tmp_path: Path) -> None:
+    # Li et al.'s get_transform (bicubic shorter side, CenterCrop), built from torchvision directly; the SD
+    # zero-shot ImageNet and ObjectNet presets use it, DiT's presets keep ADM's crop, which differs from it.
+    from torchvision import transforms as T
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    official = T.Compose([T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.ToTensor()])
+    want = official(img) * 2 - 1
+    torch.testing.assert_close(ImageTransform(16, 3, "center")(img), want, rtol=0, atol=1e-6)
+    assert (ImageTransform(16, 3, "adm")(img) - want).abs().max() > 0.05
+    for preset in ("imagenet", "objectnet"):
+        config = yaml.safe_load((REPO / "diffclf" / "configs" / "zero_shot" / f"{preset}.yaml").read_text())
+        assert config["data"]["init_args"]["crop"] == "center", preset

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-Crop = Literal["adm", "resize", "none"]
+Crop = Literal["adm", "center", "resize", "none"]
+Interpolation = Literal["bicubic", "bilinear"]
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
@@ -27,6 +28,18 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
     top = (arr.shape[0] - image_size) // 2
     left = (arr.shape[1] - image_size) // 2
     return Image.fromarray(arr[top : top + image_size, left : left + image_size])
+
+
+def resize_center_crop(img: Image.Image, image_size: int, interpolation: Interpolation = "bicubic") -> Image.Image:
+    """The official Diffusion Classifier's zero-shot transform (Li et al.'s ``get_transform``): shorter side to
+    ``image_size`` (torchvision's ``Resize``, antialiased), then ``CenterCrop``. Bicubic for the classification
+    sets; its Winoground script uses bilinear. Not ADM's crop, which the official code uses for DiT only."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
+    img = TF.resize(img, image_size, interpolation=mode)
+    return TF.center_crop(img, [image_size, image_size])
 
 
 def to_model_range(arr: np.ndarray | Tensor, max_value: float = 255.0) -> Tensor:
@@ -45,13 +58,16 @@ class ImageTransform:
     Args:
         image_size: output side.
         channels: 3 (RGB) or 1 (grey); CMYK, RGBA, palette and 16-bit images are converted.
-        crop: ``adm`` (ADM center crop), ``resize`` (squash to the side, no crop), ``none``.
+        crop: ``adm`` (ADM center crop, DiT's), ``center`` (:func:`resize_center_crop`, the official zero-shot
+            evaluation's), ``resize`` (squash to the side, no crop), ``none``.
         border: pixels cut from every edge first (ObjectNet's images carry a thin frame).
     """
 
     def __init__(self, image_size: int, channels: int = 3, crop: Crop = "adm", border: int = 0) -> None:
         if channels not in (1, 3):
             raise ValueError(f"data.in_channels must be 1 or 3 for image files, got {channels}")
+        if crop not in ("adm", "center", "resize", "none"):
+            raise ValueError(f"data.crop must be adm, center, resize or none, got {crop!r}")
         self.image_size = image_size
         self.channels = channels
         self.crop = crop
@@ -64,6 +80,8 @@ class ImageTransform:
             img = img.crop((self.border, self.border, w - self.border, h - self.border))
         if self.crop == "adm":
             img = center_crop_arr(img, self.image_size)
+        elif self.crop == "center":
+            img = resize_center_crop(img, self.image_size)
         elif self.crop == "resize":
             img = img.resize((self.image_size, self.image_size), resample=Image.BICUBIC)
         return to_model_range(np.array(img))

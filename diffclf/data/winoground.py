@@ -175,14 +175,15 @@ class WinogroundDataset(Dataset):
 
     Args:
         root: the local ``facebook/winoground`` folder (either layout, see the module docstring).
-        image_size: side of the default transform, :class:`ResizeCenterCrop` (shorter side, bicubic, center crop).
+        image_size: side of the default transform, :class:`ResizeCenterCrop` (shorter side, bilinear as the
+            official ``run_winoground.py``'s default interpolation, center crop).
         transform: PIL image → ``(C, S, S)`` tensor in [-1, 1], instead of the default.
     """
 
     def __init__(self, root: str | Path, image_size: int = 512,
                  transform: Callable[[Image.Image], Tensor] | None = None) -> None:
         self.examples = read_winoground(root)
-        self.transform = transform if transform is not None else ResizeCenterCrop(image_size)
+        self.transform = transform if transform is not None else ResizeCenterCrop(image_size, interpolation="bilinear")
 
     @property
     def collapsed_tags(self) -> list[str]:

@@ -24,35 +24,31 @@ from torch.utils.data import Dataset
 
 from diffclf.data.base import ClassificationDataModule, DataSourceError, stage_splits
 from diffclf.data.folders import BadFile, ImageFileDataset, Sample, preview
-from diffclf.data.transforms import convert_mode, to_model_range
+from diffclf.data.transforms import Interpolation, convert_mode, resize_center_crop, to_model_range
 
 #: One folder holding every data set in torchvision's layout (the official diffusion-classifier's variable).
 DATA_ROOT_ENV = "DATASET_ROOT"
 
 
 class ResizeCenterCrop:
-    """PIL image → ``(3, S, S)`` in [-1, 1] as the official evaluation does it: shorter side to ``S``
-    (bicubic, PIL's antialiased resize as torchvision's ``Resize``), then ``CenterCrop(S)``.
+    """PIL image → ``(3, S, S)`` in [-1, 1] as the official evaluation does it (:func:`resize_center_crop`:
+    shorter side to ``S``, bicubic unless ``interpolation`` says otherwise, then ``CenterCrop(S)``).
 
     ``crop_bottom`` pixels are cut from the bottom first (FGVC-Aircraft's copyright banner).
     """
 
-    def __init__(self, image_size: int, crop_bottom: int = 0) -> None:
+    def __init__(self, image_size: int, crop_bottom: int = 0, interpolation: Interpolation = "bicubic") -> None:
         if image_size < 1:
             raise ValueError(f"data.image_size must be >= 1, got {image_size}")
         self.image_size = image_size
         self.crop_bottom = crop_bottom
+        self.interpolation = interpolation
 
     def __call__(self, img: Image.Image) -> Tensor:
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as TF
-
         img = convert_mode(img, 3)
         if self.crop_bottom:
             img = img.crop((0, 0, img.width, img.height - self.crop_bottom))
-        img = TF.resize(img, self.image_size, interpolation=InterpolationMode.BICUBIC)
-        img = TF.center_crop(img, [self.image_size, self.image_size])
-        return to_model_range(np.array(img))
+        return to_model_range(np.array(resize_center_crop(img, self.image_size, self.interpolation)))
 
 
 class ArrayImageDataset(Dataset):
