@@ -161,14 +161,36 @@ def test_ema_moves_once_per_optimizer_step_under_gradient_accumulation(
     # DiT's train.py updates the EMA after each opt.step(); an update per micro-batch decayed it k times a step.
     import diffclf.tasks.diffusion as diffusion_task
 
-    steps_seen: list[int] = []
-    module = _module(ema_decay=0.9, ema_warmup=False)
+    decays: list[float] = []
+    module = _module(ema_decay=0.9, ema_warmup=True)
     real = diffusion_task.update_ema
-    monkeypatch.setattr(diffusion_task, "update_ema",
-                        lambda ema, model, decay: steps_seen.append(module.global_step) or real(ema, model, decay))
+    monkeypatch.setattr(diffusion_task, "update_ema", lambda ema, model, decay: decays.append(decay) or real(ema, model, decay))
     trainer = _trainer(tmp_path, max_steps=3, accumulate_grad_batches=2, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=16))
-    assert trainer.global_step == 3 and steps_seen == [1, 2, 3]
+    # warmup (1 + step) / (10 + step) at steps 1, 2, 3 (as before the update moved to optimizer_step), capped at 0.9
+    assert trainer.global_step == 3 and decays == pytest.approx([2 / 11, 3 / 12, 4 / 13])
+
+
+def test_a_checkpoint_saved_every_n_steps_holds_that_steps_ema_and_resumes_bit_exact(tmp_path: Path) -> None:
+    # The EMA was updated after the step checkpoint was written (callbacks run first), so step=N.ckpt held the EMA
+    # of step N - 1 and a resume never made up the missing update. Saved at an epoch's end, so the data order of
+    # the resumed run is the uninterrupted one's.
+    from diffclf.tasks.callbacks import ModelCheckpoint
+
+    data = DigitsDataModule(batch_size=128)
+    data.setup("fit")
+    per_epoch = len(data.train_dataloader())
+    kwargs = dict(limit_val_batches=0, num_sanity_val_steps=0, max_steps=2 * per_epoch)
+    seed_everything(0)
+    whole = _module(ema_decay=0.9, ema_warmup=False)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=per_epoch, save_top_k=-1)
+    _trainer(tmp_path, callbacks=[saver], enable_checkpointing=True, **kwargs).fit(whole, datamodule=DigitsDataModule(batch_size=128))
+    seed_everything(0)
+    resumed = _module(ema_decay=0.9, ema_warmup=False)
+    _trainer(tmp_path / "r", **kwargs).fit(resumed, datamodule=DigitsDataModule(batch_size=128),
+                                           ckpt_path=tmp_path / "ckpt" / f"epoch=0-step={per_epoch}.ckpt")
+    for name, want in whole.ema.state_dict().items():
+        assert torch.equal(resumed.ema.state_dict()[name], want), name
 
 
 def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, tmp_path: Path) -> None:

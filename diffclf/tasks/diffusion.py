@@ -309,10 +309,8 @@ class DiffusionClassifier(ClassifierTask):
         self.log("train/hybrid_acc", (err.argmin(dim=1) == 0).float().mean(), batch_size=m)
         return ce
 
-    def on_train_start(self) -> None:
-        mark_ema_step(self)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
         update_ema_after_step(self, self.ema, self.dit)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -552,21 +550,17 @@ def conditioning_groups(
     return [{"params": [p for p in params if p is not table], "lr": lr}, {"params": [table], "lr": lr * cond_lr_mult}]
 
 
-def mark_ema_step(module: LightningModule) -> None:
-    """Call at ``on_train_start`` (after a resume restored ``global_step``): the step the EMA is up to."""
-    module._ema_step = module.global_step
-
-
 def update_ema_after_step(module: LightningModule, ema: torch.nn.Module, model: torch.nn.Module) -> None:
-    """DiT's ``train.py`` update of ``ema`` towards ``model``, once per optimizer step.
+    """DiT's ``train.py`` update of ``ema`` towards ``model`` right after ``opt.step()``: call it from the
+    module's ``optimizer_step``, after the step.
 
-    Lightning calls ``on_train_batch_end`` after every micro-batch; under ``accumulate_grad_batches`` k an update
-    there at each call would decay the EMA k times per step (0.9999 ** 4 = 0.9996 per step: a four times shorter
-    average). ``global_step`` counts optimizer steps, so the EMA moves only when it has advanced."""
-    step = module.global_step
-    if getattr(module, "_ema_step", None) == step:
-        return
-    module._ema_step = step
+    Why there: Lightning calls ``optimizer_step`` once per optimizer step, so under ``accumulate_grad_batches`` k
+    the EMA does not decay k times a step (0.9999 ** 4 = 0.9996: a four times shorter average) as it would in
+    ``on_train_batch_end``; and it runs before the callbacks' ``on_train_batch_end``, so a checkpoint saved
+    every N steps holds the EMA of step N, not of N - 1 (whose missing update a resume never made up).
+    ``global_step`` counts completed steps, so this step is ``global_step + 1``, the count the decay's warmup
+    has always used."""
+    step = module.global_step + 1
     update_ema(ema, model, ema_decay_at(step, module.hparams.ema_decay, module.hparams.ema_warmup))
 
 

@@ -53,7 +53,6 @@ from diffclf.tasks.diffusion import (
     describe_strategy,
     elbo_scored,
     ema_as_training_weights,
-    mark_ema_step,
     per_index_noise,
     scheduled_adamw,
     scoring_options,
@@ -353,10 +352,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         self.log("train/hybrid_acc", (err.argmin(dim=1) == 0).float().mean(), batch_size=m)
         return ce
 
-    def on_train_start(self) -> None:
-        mark_ema_step(self)
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
         update_ema_after_step(self, self.ema, self.dit)
 
     def configure_optimizers(self) -> Any:
