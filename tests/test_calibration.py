@@ -183,3 +183,17 @@ def test_calls_calibration_puts_its_probability_on_the_given_prediction_and_neve
     assert torch.isfinite(lp).all()
     torch.testing.assert_close(lp.exp()[0].double(), torch.tensor([right, (1 - right) / 2, (1 - right) / 2],
                                                                    dtype=torch.float64), rtol=1e-5, atol=1e-7)
+
+
+def test_predict_resumed_with_another_calibration_is_refused(tmp_path: Path) -> None:
+    # Rows written before and after the change once merged into one file, their p(c|x) on two different maps.
+    cal = tmp_path / "cal.json"
+    cal.write_text(json.dumps(Calibration(method="temperature", temperature=2.0).to_json()))
+    out = tmp_path / "p.jsonl"
+    args = ["predict", "--config", str(DIGITS_CONFIG), "--ckpt_path", str(DIGITS_CKPT),
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+            "--data.init_args.eval_limit=4", "--trainer.callbacks+=diffclf.tasks.callbacks.PredictionWriter",
+            f"--trainer.callbacks.output={out}", "--trainer.callbacks.keep_parts=true"]
+    main(args)
+    with pytest.raises(ValueError, match=r"holds predictions of another run \(differs in calibration\)"):
+        main([*args, f"--model.init_args.calibration={cal}"])

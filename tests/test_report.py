@@ -217,3 +217,12 @@ def test_reference_model_named_by_the_records_is_kept_out_of_the_fit(tmp_path: P
     with_ref = run_report([str(tmp_path / "r.jsonl")], str(tmp_path / "o2"), id_dataset="imagenet",
                           exclude_from_fit=["resnet_a"])
     assert with_ref["fits"]["imagenet_hard"] is None  # one model left: no line, and the report says so
+
+
+def test_a_run_on_fewer_images_is_not_taken_as_a_rerun(tmp_path: Path) -> None:
+    # A 20-image smoke test once replaced the full run in the table ("kept the latest"), silently.
+    recs = _records()
+    dit = next(r for r in recs if r["model"] == "DiT-XL/2" and r["dataset"] == "imagenet")
+    smoke = {**dit, "n": 20, "correct": 14, "accuracy": 0.7, "timestamp": "2025-02-01T00:00:00+00:00"}
+    with pytest.raises(SystemExit, match="'DiT-XL/2' on 'imagenet' has runs with different n"):
+        run_report([str(_write(tmp_path / "smoke.jsonl", [*recs, smoke]))], str(tmp_path / "out"), id_dataset="imagenet")

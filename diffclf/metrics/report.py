@@ -30,7 +30,7 @@ from diffclf.metrics.robustness import (
 # Record fields that must agree for two runs to be "the same configuration" (re-runs): the scoring group
 # (design, noise, error, weighting, t_range, flip views, precision, temperature, ...) included, since two
 # runs that differ only in, say, the error norm are different classifiers.
-CONFIG_FIELDS = ("checkpoint", "strategy", "seed", "label_space_size", "scoring")
+CONFIG_FIELDS = ("checkpoint", "strategy", "seed", "label_space_size", "scoring", "n")
 
 
 def _as_text(v: Any) -> str:

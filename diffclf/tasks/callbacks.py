@@ -103,6 +103,8 @@ class PredictionWriter(BasePredictionWriter):
             "scoring": ctx.get("scoring"),
             "dataset": getattr(dm, "name", None),
             "split": getattr(dm, "predict_split", "test"),
+            # p(c|x) of rows written before and after a change of calibration would not agree
+            "calibration": file_fingerprint(dict(getattr(pl_module, "hparams", {}) or {}).get("calibration")),
         }
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
