@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer, seed_everything
 
 from diffclf.data import DigitsDataModule
 from diffclf.diffusion.scoring import ScoringOptions
@@ -191,6 +191,36 @@ def test_a_checkpoint_saved_every_n_steps_holds_that_steps_ema_and_resumes_bit_e
                                            ckpt_path=tmp_path / "ckpt" / f"epoch=0-step={per_epoch}.ckpt")
     for name, want in whole.ema.state_dict().items():
         assert torch.equal(resumed.ema.state_dict()[name], want), name
+
+
+def test_a_mid_epoch_resume_continues_the_epochs_batches_and_ends_bit_exact(tmp_path: Path) -> None:
+    # Lightning restarted a plain loader's epoch at its first batch while the steps went on (batches trained twice,
+    # others never); diffclf's training loader saves its place in the epoch into the checkpoint.
+    from diffclf.tasks.callbacks import ModelCheckpoint
+
+    kwargs = dict(limit_val_batches=0, num_sanity_val_steps=0, max_steps=16)
+    seen: dict[str, list] = {"whole": [], "resumed": []}
+
+    class Record(Callback):
+        def __init__(self, key: str) -> None:
+            self.key = key
+
+        def on_train_batch_start(self, trainer: Trainer, module: object, batch: tuple, batch_idx: int) -> None:
+            seen[self.key].append((trainer.global_step, batch[2].tolist()))
+
+    seed_everything(0)
+    whole = _module(ema_decay=0.9, ema_warmup=False)
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    _trainer(tmp_path, callbacks=[saver, Record("whole")], enable_checkpointing=True, **kwargs).fit(
+        whole, datamodule=DigitsDataModule(batch_size=128))
+    seed_everything(0)
+    resumed = _module(ema_decay=0.9, ema_warmup=False)
+    _trainer(tmp_path / "r", callbacks=[Record("resumed")], **kwargs).fit(
+        resumed, datamodule=DigitsDataModule(batch_size=128), ckpt_path=tmp_path / "ckpt" / "epoch=0-step=4.ckpt")
+    assert seen["resumed"] == seen["whole"][4:]  # step 4 is batch 4 of epoch 0 (of 11), as uninterrupted
+    for name, want in [*whole.dit.state_dict().items(), *(("ema." + k, v) for k, v in whole.ema.state_dict().items())]:
+        got = resumed.ema.state_dict()[name[4:]] if name.startswith("ema.") else resumed.dit.state_dict()[name]
+        assert torch.equal(got, want), name
 
 
 def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, tmp_path: Path) -> None:

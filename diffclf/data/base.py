@@ -56,6 +56,44 @@ class UnrepeatedDistributedSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.num_replicas))
 
 
+class ResumableSampler(DistributedSampler):
+    """The training shuffle, a function of (seed, epoch), whose next pass can start part-way through its epoch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip = 0  # samples of this epoch's order already trained on (set by a resume, used once)
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
+
+
+class ResumableLoader(DataLoader):
+    """A training loader whose place in the epoch goes into checkpoints: Lightning saves and restores a loader's
+    ``state_dict``, so a run resumed from a mid-epoch checkpoint (``every_n_train_steps``, a SLURM requeue)
+    continues with the batch it stopped at, as the uninterrupted run did. Without it Lightning restarts the
+    epoch's order at its first batch while the step count goes on: the epoch's first batches are trained
+    twice and its last ones never."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        self.batches_done = self.sampler.skip // self.batch_size
+        for batch in super().__iter__():
+            self.batches_done += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.batches_done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.set_epoch(int(state["epoch"]))
+        self.sampler.skip = int(state["batches_done"]) * self.batch_size
+
+
 class IndexedDataset(Dataset):
     """Wraps a dataset of ``(image, target)`` into ``(image, target, index)``, flipping at random when training.
 
@@ -209,10 +247,10 @@ class ClassificationDataModule(LightningDataModule):
         if train:
             # A shuffle that is a function of (seed, epoch), also on one process: a resumed run sees the
             # epoch's order the uninterrupted run saw (a generator seeded once would restart at epoch 0's).
-            self._train_sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.seed)
+            self._train_sampler = ResumableSampler(dataset, world, rank, shuffle=True, seed=self.seed)
             kwargs["sampler"] = self._train_sampler
-            return DataLoader(dataset, batch_size=self.batch_size, drop_last=len(dataset) >= self.batch_size * world,
-                              **kwargs)
+            return ResumableLoader(dataset, batch_size=self.batch_size,
+                                   drop_last=len(dataset) >= self.batch_size * world, **kwargs)
         if world > 1:
             kwargs["sampler"] = UnrepeatedDistributedSampler(len(dataset), world, rank)
         return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, **kwargs)

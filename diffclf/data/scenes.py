@@ -56,10 +56,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from diffclf.data.arrays import stratified_subset
-from diffclf.data.base import ClassificationDataModule, DataSourceError, stage_splits
+from diffclf.data.base import (
+    ClassificationDataModule,
+    DataSourceError,
+    ResumableLoader,
+    ResumableSampler,
+    stage_splits,
+)
 from diffclf.data.binding import COLORS, POSITIONS, SHAPES, SIZES, SceneObject, describe, join_descriptions
 from diffclf.data.label_spaces import LabelSpace
 from diffclf.data.transforms import to_model_range
@@ -527,7 +533,7 @@ class SceneDataset(Dataset):
         return to_model_range(self.images[i]), int(target)
 
 
-class EpochSampler(DistributedSampler):
+class EpochSampler(ResumableSampler):
     """The training shuffle that also writes its epoch into a shared counter when an epoch starts, so
     dataloader workers (persistent ones too) pick that epoch's captions whoever called ``set_epoch``."""
 
@@ -641,6 +647,6 @@ class ScenesDataModule(ClassificationDataModule):
         world, rank = self._world()
         self._train_sampler = EpochSampler(dataset, self._epoch, num_replicas=world, rank=rank, shuffle=True,
                                            seed=self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=self._train_sampler,
-                          drop_last=len(dataset) >= self.batch_size * world,  # type: ignore[arg-type]
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return ResumableLoader(dataset, batch_size=self.batch_size, sampler=self._train_sampler,
+                               drop_last=len(dataset) >= self.batch_size * world,  # type: ignore[arg-type]
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
