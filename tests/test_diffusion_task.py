@@ -180,7 +180,7 @@ def test_a_checkpoint_saved_every_n_steps_holds_that_steps_ema_and_resumes_bit_e
     data = DigitsDataModule(batch_size=128)
     data.setup("fit")
     per_epoch = len(data.train_dataloader())
-    kwargs = dict(limit_val_batches=0, num_sanity_val_steps=0, max_steps=2 * per_epoch)
+    kwargs = {"limit_val_batches": 0, "num_sanity_val_steps": 0, "max_steps": 2 * per_epoch}
     seed_everything(0)
     whole = _module(ema_decay=0.9, ema_warmup=False)
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=per_epoch, save_top_k=-1)
@@ -198,7 +198,7 @@ def test_a_mid_epoch_resume_continues_the_epochs_batches_and_ends_bit_exact(tmp_
     # others never); diffclf's training loader saves its place in the epoch into the checkpoint.
     from diffclf.tasks.callbacks import ModelCheckpoint
 
-    kwargs = dict(limit_val_batches=0, num_sanity_val_steps=0, max_steps=16)
+    kwargs = {"limit_val_batches": 0, "num_sanity_val_steps": 0, "max_steps": 16}
     seen: dict[str, list] = {"whole": [], "resumed": []}
 
     class Record(Callback):
@@ -221,6 +221,24 @@ def test_a_mid_epoch_resume_continues_the_epochs_batches_and_ends_bit_exact(tmp_
     for name, want in [*whole.dit.state_dict().items(), *(("ema." + k, v) for k, v in whole.ema.state_dict().items())]:
         got = resumed.ema.state_dict()[name[4:]] if name.startswith("ema.") else resumed.dit.state_dict()[name]
         assert torch.equal(got, want), name
+
+
+def test_a_last_only_checkpoint_is_written_every_epoch_not_only_at_the_end(tmp_path: Path) -> None:
+    # save_top_k 0 + save_last (the quickstart and digits presets): Lightning wrote last.ckpt only when training
+    # ended, so a run killed before then had nothing to resume from.
+    from diffclf.tasks.callbacks import ModelCheckpoint
+
+    written: list[list[str]] = []
+
+    class Look(Callback):
+        def on_train_epoch_start(self, trainer: Trainer, module: object) -> None:
+            written.append(sorted(p.name for p in (tmp_path / "ckpt").glob("*.ckpt")))
+
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0, enable_version_counter=False)
+    _trainer(tmp_path, callbacks=[saver, Look()], enable_checkpointing=True, max_epochs=3, limit_train_batches=2,
+             limit_val_batches=1, num_sanity_val_steps=0).fit(_module(), datamodule=DigitsDataModule(batch_size=64))
+    assert written == [[], ["last.ckpt"], ["last.ckpt"]]
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 6
 
 
 def test_resume_continues_from_the_same_step_with_the_same_ema(trained: tuple, tmp_path: Path) -> None:

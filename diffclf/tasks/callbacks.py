@@ -61,8 +61,25 @@ class ModelCheckpoint(_LightningModelCheckpoint):
     """``lightning.pytorch.callbacks.ModelCheckpoint`` that also writes ``last`` at the end of training.
 
     Same arguments and files; with ``save_last`` the final step is saved when training stops (``max_steps``,
-    ``max_epochs``, early stopping) between two periodic saves.
+    ``max_epochs``, early stopping) between two periodic saves. With ``save_top_k: 0`` (the presets that keep
+    only ``last.ckpt``) ``last`` is written at every period too: Lightning writes it only after a top-k save, so
+    such a run had nothing to resume from until it ended.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_written_at: int | None = None
+
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        if self.save_top_k == 0 and self.save_last:
+            self._save_last_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, Any]) -> None:
+        if self._last_written_at == trainer.global_step and self.last_model_path:
+            return  # written at this step already (a checkpoint of a large model is not written twice)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        self._last_written_at = trainer.global_step
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
