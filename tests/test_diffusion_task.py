@@ -103,15 +103,32 @@ def test_label_space_of_another_size_is_refused(tmp_path: Path) -> None:
 
 
 class _PoisonedDigits(DigitsDataModule):
-    """Digits whose training images turn NaN from a given batch on: a corrupt shard mid-run."""
+    """Digits whose training images turn NaN from a given batch on: a corrupt shard mid-run (the loader stays
+    diffclf's own, whose place in the epoch a checkpoint carries)."""
 
     def __init__(self, poison_from: int, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.poison_from = poison_from
 
-    def train_dataloader(self):
-        for i, (x, y, idx) in enumerate(super().train_dataloader()):
-            yield (torch.full_like(x, float("nan")) if i >= self.poison_from else x), y, idx
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit":
+            self.train_dataset = _Poisoned(self.train_dataset, self.poison_from * self.batch_size)
+
+
+class _Poisoned(torch.utils.data.Dataset):
+    """Items turn NaN after the first ``clean`` reads (one process, no workers: reads follow the batches)."""
+
+    def __init__(self, base: torch.utils.data.Dataset, clean: int) -> None:
+        self.base, self.clean, self.reads = base, clean, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple:
+        x, y, idx = self.base[i]
+        self.reads += 1
+        return (torch.full_like(x, float("nan")) if self.reads > self.clean else x), y, idx
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:

@@ -61,11 +61,13 @@ class ResumableSampler(DistributedSampler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.skip = 0  # samples of this epoch's order already trained on (set by a resume, used once)
+        self.skip = 0  # samples of epoch `skip_epoch`'s order already trained on (set by a resume, used once)
+        self.skip_epoch = 0
 
     def __iter__(self) -> Iterator[int]:
         order = list(super().__iter__())
-        skip, self.skip = self.skip, 0
+        skip = self.skip if self.epoch == self.skip_epoch else 0  # the resumed epoch only, not the next one
+        self.skip = 0
         return iter(order[skip:])
 
 
@@ -81,7 +83,8 @@ class ResumableLoader(DataLoader):
         self.batches_done = 0
 
     def __iter__(self) -> Iterator[Any]:
-        self.batches_done = self.sampler.skip // self.batch_size
+        resumed = self.sampler.epoch == self.sampler.skip_epoch
+        self.batches_done = self.sampler.skip // self.batch_size if resumed else 0
         for batch in super().__iter__():
             self.batches_done += 1
             yield batch
@@ -90,8 +93,12 @@ class ResumableLoader(DataLoader):
         return {"epoch": int(self.sampler.epoch), "batches_done": int(self.batches_done)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        done = int(state["batches_done"])
+        if done >= len(self):  # saved at the epoch's last batch: the next epoch starts from its beginning
+            return
         self.sampler.set_epoch(int(state["epoch"]))
-        self.sampler.skip = int(state["batches_done"]) * self.batch_size
+        self.sampler.skip_epoch = int(state["epoch"])
+        self.sampler.skip = done * self.batch_size
 
 
 class IndexedDataset(Dataset):
