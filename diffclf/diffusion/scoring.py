@@ -657,7 +657,7 @@ class Scorer:
         sqrt_ab, sqrt_1mab, weights = self._tables(device)
         xf = x.float()
         mirrored = self.mirrored(start, stop).to(device) if self.flip_views else None
-        variant = self._variant[start:stop].to(device)
+        variant = self._variant[start:stop].to(device) if self.variants > 1 else None
         x_mirror = self._mirror_of(x).float() if self.flip_views else None
         cand = table.candidates
         errors = table.errors

@@ -163,13 +163,18 @@ def _keeping_results(strategy: Strategy, results: list[Classification]) -> Itera
         del strategy.classify
 
 
-def _finalists(task: DiffusionClassifier, result: Classification) -> Tensor:
-    """``(B,)`` label-space classes still in at the end of ``result``: those with an id at the image's highest
-    stage (a t-test's or Racing's survivors; a class dropped by the last test has the draws but not the stage).
-    A class counts once whatever its model ids."""
+def _class_of_id(task: DiffusionClassifier) -> Tensor:
+    """``(num_model_classes,)`` the label-space class of each model id (its first), -1 for ids outside it."""
     owner = torch.full((task.num_model_classes,), -1, dtype=torch.long)
     for k, ids in enumerate(task.label_space.model_classes):
         owner[list(ids)] = torch.where(owner[list(ids)] < 0, k, owner[list(ids)])
+    return owner
+
+
+def _finalists(task: DiffusionClassifier, result: Classification, owner: Tensor) -> Tensor:
+    """``(B,)`` label-space classes still in at the end of ``result``: those with an id at the image's highest
+    stage (a t-test's or Racing's survivors; a class dropped by the last test has the draws but not the stage).
+    A class counts once whatever its model ids (``owner``: :func:`_class_of_id`)."""
     stage = result.stage
     still_in = (stage == stage.amax(dim=1, keepdim=True)) & ~torch.isneginf(stage)
     cls = owner[result.candidates.cpu()].to(stage.device)
@@ -208,6 +213,7 @@ def _classify_all(task: DiffusionClassifier, strategy: Strategy, batches: Sequen
     current scorer, and the seconds spent in ``classify``."""
     preds, targets, forwards, indices, finalists = [], [], [], [], []
     results: list[Classification] = []
+    owner = _class_of_id(task)
     elapsed = 0.0
     for images, target, index in batches:
         start = time.perf_counter()
@@ -218,7 +224,7 @@ def _classify_all(task: DiffusionClassifier, strategy: Strategy, batches: Sequen
         targets.append(target)
         forwards.append(scored.forwards)
         indices.append(index)
-        finalists.append(_finalists(task, results[-1]))
+        finalists.append(_finalists(task, results[-1], owner))
     return {
         "pred": torch.cat(preds),
         "target": torch.cat(targets),

@@ -200,8 +200,8 @@ class TextDiTClassifier(CaptionedTask, DenoisingPromptedTask):
         templates, prompt_file, class_names: the prompts (``PromptedTask``), in the model's words; with neither
             templates nor a prompt file the prompts are the class names as they are (the shipped presets say
             "a photo of a ...", words a model trained on scenes never saw).
-        combine: several prompts of a class: ``error`` (each draw one template, every ``V`` neighbouring timesteps all of them) or ``best``
-            (each prompt a candidate, a class takes its best), as ``TextDiffusionClassifier``.
+        combine: several prompts of a class: ``error`` (each draw one template, every ``V`` neighbouring timesteps
+            all of them) or ``best`` (each prompt a candidate, a class takes its best), as ``TextDiffusionClassifier``.
         strategy, scoring, seed, ci_level, results_dir, results_file, label, calibration: as
             ``DiffusionClassifier`` (``scoring.compile`` is not supported here).
     """
